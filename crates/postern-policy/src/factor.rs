@@ -1,0 +1,106 @@
+//! Authentication factors and sets of them.
+
+use std::fmt;
+
+/// One way a request can prove who it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Factor {
+    /// A client certificate that chains to a configured trust anchor.
+    Mtls,
+    /// A bearer JWT from a configured issuer.
+    Jwt,
+}
+
+impl Factor {
+    pub const ALL: [Factor; 2] = [Factor::Mtls, Factor::Jwt];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Factor::Mtls => "mtls",
+            Factor::Jwt => "jwt",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Factor> {
+        match s {
+            "mtls" => Some(Factor::Mtls),
+            "jwt" => Some(Factor::Jwt),
+            _ => None,
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Factor::Mtls => 1,
+            Factor::Jwt => 2,
+        }
+    }
+}
+
+impl fmt::Display for Factor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A small set of factors (a bit set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FactorSet(u8);
+
+impl FactorSet {
+    pub const EMPTY: FactorSet = FactorSet(0);
+
+    pub fn all() -> FactorSet {
+        Factor::ALL.iter().copied().collect()
+    }
+    pub fn with(mut self, f: Factor) -> FactorSet {
+        self.0 |= f.bit();
+        self
+    }
+    pub fn insert(&mut self, f: Factor) {
+        self.0 |= f.bit();
+    }
+    pub fn contains(self, f: Factor) -> bool {
+        self.0 & f.bit() != 0
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// `self` has every factor of `other`.
+    pub fn is_superset(self, other: FactorSet) -> bool {
+        self.0 & other.0 == other.0
+    }
+    pub fn minus(self, other: FactorSet) -> FactorSet {
+        FactorSet(self.0 & !other.0)
+    }
+    pub fn iter(self) -> impl Iterator<Item = Factor> {
+        Factor::ALL.into_iter().filter(move |f| self.contains(*f))
+    }
+}
+
+impl FromIterator<Factor> for FactorSet {
+    fn from_iter<I: IntoIterator<Item = Factor>>(iter: I) -> Self {
+        let mut s = FactorSet::EMPTY;
+        for f in iter {
+            s.insert(f);
+        }
+        s
+    }
+}
+
+impl fmt::Display for FactorSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("none");
+        }
+        let mut first = true;
+        for factor in self.iter() {
+            if !first {
+                f.write_str("+")?;
+            }
+            first = false;
+            f.write_str(factor.as_str())?;
+        }
+        Ok(())
+    }
+}
