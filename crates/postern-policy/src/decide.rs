@@ -112,7 +112,12 @@ pub struct Decision {
 impl Decision {
     /// True when this is an allow through an opt-out rule.
     pub fn is_optout(&self) -> bool {
-        matches!(self.verdict, Verdict::Allow { via: AuthVia::OptOut { .. } })
+        matches!(
+            self.verdict,
+            Verdict::Allow {
+                via: AuthVia::OptOut { .. }
+            }
+        )
     }
 
     /// The opt-out did not stand (condition failed, audit unavailable):
@@ -124,6 +129,11 @@ impl Decision {
 }
 
 /// Decide what to do with a request. Pure: same inputs, same answer.
-pub fn decide(policy: &Policy, facts: &RequestFacts<'_>, identity: &Identity, now: OffsetDateTime) -> Decision {
+pub fn decide(
+    policy: &Policy,
+    facts: &RequestFacts<'_>,
+    identity: &Identity,
+    now: OffsetDateTime,
+) -> Decision {
     todo!("{policy:?} {facts:?} {identity:?} {now}")
 }

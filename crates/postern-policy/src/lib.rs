@@ -18,7 +18,9 @@ pub mod policy;
 pub mod webhook;
 
 pub use config::{Config, Diagnostic, Severity};
-pub use decide::{decide, AuthVia, Condition, Decision, Identity, InvalidCredential, RequestFacts, Verdict};
+pub use decide::{
+    decide, AuthVia, Condition, Decision, Identity, InvalidCredential, RequestFacts, Verdict,
+};
 pub use factor::{Factor, FactorSet};
 pub use normalize::{normalize_path, split_target, NormalizedPath, PathError};
 pub use policy::Policy;

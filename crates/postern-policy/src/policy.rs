@@ -40,7 +40,10 @@ impl Policy {
     /// expiry checks: past expiry, expiry beyond `max_optout_days`). Reads
     /// webhook secrets (files / environment). Returns every error found, not
     /// just the first; warnings are returned alongside a successful policy.
-    pub fn compile(config: &Config, now: OffsetDateTime) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnostic>> {
+    pub fn compile(
+        config: &Config,
+        now: OffsetDateTime,
+    ) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnostic>> {
         todo!("{config:?} {now}")
     }
 
