@@ -279,12 +279,33 @@ impl Config {
     /// as diagnostics with line numbers. Does not validate semantics: see
     /// [`crate::Policy::compile`].
     pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
-        todo!("{path:?}")
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(path, &text),
+            Err(e) => Err(vec![Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                field: String::new(),
+                message: format!("cannot read `{}`: {e}", path.display()),
+            }]),
+        }
     }
 
     /// Parse config text as if read from `path`.
+    ///
+    /// Never panics, whatever the text (property-tested).
     pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
-        todo!("{path:?} {text}")
+        match toml::from_str::<Config>(text) {
+            Ok(mut config) => {
+                config.source = ConfigSource {
+                    path: path.to_path_buf(),
+                    text: text.to_string(),
+                };
+                Ok(config)
+            }
+            Err(e) => Err(vec![toml_error_diagnostic(path, text, &e)]),
+        }
     }
 
     /// Resolve a path given in the config relative to the config file's directory.
@@ -295,6 +316,217 @@ impl Config {
         match self.source.path.parent() {
             Some(dir) => dir.join(p),
             None => p.to_path_buf(),
+        }
+    }
+}
+
+/// Turns byte offsets of a config text into 1-based lines and columns.
+pub(crate) struct LineIndex {
+    /// Byte offset at which each line starts.
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub(crate) fn new(text: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    /// 1-based (line, column); the column counts characters, not bytes.
+    pub(crate) fn locate(&self, text: &str, offset: usize) -> (usize, usize) {
+        let offset = offset.min(text.len());
+        let line = self.starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.starts.get(line - 1).copied().unwrap_or(0);
+        let column = text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count())
+            + 1;
+        (line, column)
+    }
+}
+
+/// A toml error as a diagnostic: position from its byte span, the field from
+/// the text around it (the enclosing table header and the key on that line),
+/// the message without toml's own rendering of the source.
+fn toml_error_diagnostic(path: &Path, text: &str, e: &toml::de::Error) -> Diagnostic {
+    let (line, column, field) = match e.span() {
+        Some(span) => {
+            let (line, column) = LineIndex::new(text).locate(text, span.start);
+            (line, column, field_at(text, span.start))
+        }
+        None => (0, 0, String::new()),
+    };
+    let mut message = e.message().trim().to_string();
+    if message.contains("TOML datetime") || message.contains("$__toml_private") {
+        message = "expected a TOML offset datetime such as `2027-01-31T00:00:00Z` (not a string)"
+            .to_string();
+    }
+    Diagnostic {
+        severity: Severity::Error,
+        file: path.to_path_buf(),
+        line,
+        column,
+        field,
+        message,
+    }
+}
+
+/// Best-effort dotted field name for a byte offset: the last `[table]` or
+/// `[[table]]` header before it, plus the `key =` of its line, if any.
+fn field_at(text: &str, offset: usize) -> String {
+    let before = text.get(..offset).unwrap_or("");
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text
+        .get(line_start..)
+        .and_then(|l| l.lines().next())
+        .unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('[') && !k.starts_with('#'))
+        .map(|k| k.trim_matches('"').to_string());
+    let table = before
+        .get(..line_start)
+        .unwrap_or("")
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| {
+            l.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        });
+    match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (Some(t), None) => t,
+        (None, Some(k)) => k,
+        (None, None) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+[gateway]
+listen = "127.0.0.1:8443"
+[tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = ["ca.pem"]
+trust_domain = "postern.demo"
+[audit]
+path = "audit.jsonl"
+signing_key = "audit.key"
+[[upstream]]
+name = "echo"
+url = "http://127.0.0.1:9000"
+[[route]]
+id = "app"
+host = "*"
+path_prefix = "/"
+upstream = "echo"
+require = [["mtls"], ["jwt"]]
+[[optout]]
+id = "healthz"
+route = "app"
+methods = ["GET", "HEAD"]
+paths = ["/healthz"]
+waive = "all"
+owner = "platform-team"
+reason = "load balancer health checks"
+expires = 2027-01-31T00:00:00Z
+source_cidrs = ["127.0.0.0/8", "::1/128"]
+"#;
+
+    #[test]
+    fn example_parses_with_source_filled() {
+        let c = Config::parse(Path::new("conf/postern.toml"), EXAMPLE).unwrap();
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.optouts.len(), 1);
+        assert_eq!(c.source.path, Path::new("conf/postern.toml"));
+        assert_eq!(c.source.text, EXAMPLE);
+        assert_eq!(c.resolve(Path::new("x.secret")), Path::new("conf/x.secret"));
+        assert_eq!(c.gateway.max_optout_days, 90);
+        let o = c.optouts[0].get_ref();
+        assert!(matches!(o.waive.get_ref(), Waive::Keyword(k) if k == "all"));
+        assert!(o.expires.is_some());
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_with_line_and_field() {
+        let text = EXAMPLE.replace("expires = ", "expire = ");
+        let d = Config::parse(Path::new("p.toml"), &text).unwrap_err();
+        assert_eq!(d.len(), 1);
+        let d = &d[0];
+        assert_eq!(d.severity, Severity::Error);
+        assert_eq!(d.file, Path::new("p.toml"));
+        let line = text.lines().position(|l| l.starts_with("expire ")).unwrap() + 1;
+        assert_eq!(d.line, line, "{d}");
+        assert_eq!(d.column, 1);
+        assert_eq!(d.field, "optout.expire");
+        assert!(d.message.contains("expire"), "{d}");
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let text = "[gateway]\nlisten = \"127.0.0.1:8443\"\nmax_optout_days = = 3\n";
+        let d = Config::parse(Path::new("p.toml"), text).unwrap_err();
+        assert_eq!(d[0].line, 3, "{}", d[0]);
+        assert!(d[0].column > 1);
+    }
+
+    #[test]
+    fn string_expiry_gets_a_clear_message() {
+        let text = EXAMPLE.replace(
+            "expires = 2027-01-31T00:00:00Z",
+            "expires = \"2027-01-31T00:00:00Z\"",
+        );
+        let d = Config::parse(Path::new("p.toml"), &text).unwrap_err();
+        assert!(d[0].message.contains("offset datetime"), "{}", d[0]);
+        assert_eq!(d[0].field, "optout.expires");
+    }
+
+    #[test]
+    fn missing_file_is_a_diagnostic_naming_it() {
+        let d = Config::load(Path::new("/nonexistent/postern.toml")).unwrap_err();
+        assert_eq!(d[0].line, 0);
+        assert!(d[0].message.contains("/nonexistent/postern.toml"));
+    }
+
+    #[test]
+    fn line_index_counts_characters() {
+        let text = "ab\né x\n\nz";
+        let idx = LineIndex::new(text);
+        assert_eq!(idx.locate(text, 0), (1, 1));
+        assert_eq!(idx.locate(text, 3), (2, 1));
+        assert_eq!(idx.locate(text, 6), (2, 3));
+        assert_eq!(idx.locate(text, 8), (3, 1));
+        assert_eq!(idx.locate(text, 9), (4, 1));
+        assert_eq!(idx.locate(text, 100), (4, 2));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_on_arbitrary_text(s in any::<String>()) {
+            let _ = Config::parse(Path::new("p.toml"), &s);
+        }
+
+        #[test]
+        fn parse_never_panics_on_mutated_example(pos in 0usize..800, del in 0usize..20, ins in "[\\[\\]=\"a-z0-9 \n.#-]{0,10}") {
+            // EXAMPLE is ASCII, so every index is a char boundary.
+            let mut text = EXAMPLE.to_string();
+            let pos = pos.min(text.len());
+            let end = (pos + del).min(text.len());
+            text.replace_range(pos..end, &ins);
+            let _ = Config::parse(Path::new("p.toml"), &text);
         }
     }
 }
