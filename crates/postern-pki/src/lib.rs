@@ -1,1 +1,28 @@
-//! placeholder
+//! postern's built-in certificate authority.
+//!
+//! DESIGN invariant 5: *identity comes from certificates that die young.* This crate
+//! issues short-lived client certificates (hours, not years) whose only identity is a SAN
+//! URI `spiffe://<trust-domain>/<user|service>/<name>`, and turns a client certificate back
+//! into a [`ClientIdentity`] at the gateway's request layer.
+//!
+//! Division of labour with the gateway: rustls/webpki (`WebPkiClientVerifier`) validates the
+//! chain, signatures and validity at the handshake; [`client_identity`] is the identity
+//! step, run per request, which refuses CA certificates, certificates without the
+//! `clientAuth` extended key usage, certificates that expired since the connection opened,
+//! foreign trust domains, and identities that live only in the subject CN.
+//!
+//! Everything that depends on the clock takes `now` as an argument: no function here reads
+//! the system clock, so every behaviour is testable at any instant.
+
+mod ca;
+mod error;
+mod files;
+mod identity;
+mod pem;
+mod spiffe;
+
+pub use ca::{Ca, CertifiedKey, KeyAlg, Kind, CLOCK_SKEW_ALLOWANCE, ROOT_VALIDITY};
+pub use error::{IdentityError, PkiError};
+pub use files::write_private_key;
+pub use identity::{client_identity, fingerprint_sha256, ClientIdentity};
+pub use pem::{cert_der_from_pem, certs_from_pem, crls_from_pem, private_key_from_pem};

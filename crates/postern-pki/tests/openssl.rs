@@ -1,0 +1,126 @@
+//! Interoperability: the certificates this CA writes must be read and verified by OpenSSL,
+//! the reference most operators will reach for. These tests fail (never skip) when
+//! `/usr/bin/openssl` is missing, because silently skipping would hide a broken CA.
+
+// Test helpers outside `#[test]` functions: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+
+use postern_pki::{Ca, KeyAlg, Kind};
+use time::{Duration, OffsetDateTime};
+
+const OPENSSL: &str = "/usr/bin/openssl";
+
+fn openssl(args: &[&str], dir: &Path) -> String {
+    let out = Command::new(OPENSSL)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {OPENSSL} (it is required for this test): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    stdout
+}
+
+fn write(dir: &Path, name: &str, contents: &str) {
+    std::fs::write(dir.join(name), contents).unwrap();
+}
+
+#[test]
+fn openssl_reads_and_verifies_client_and_server_certificates() {
+    for alg in [KeyAlg::EcdsaP256, KeyAlg::Ed25519] {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let ca = Ca::generate_root("postern test CA", "example.org", alg, now).unwrap();
+        let client = ca
+            .issue_client("alice", Kind::User, Duration::hours(8), now)
+            .unwrap();
+        let server = ca
+            .issue_server(
+                &["gateway.example.org", "localhost"],
+                &["127.0.0.1".parse().unwrap()],
+                Duration::hours(24),
+                now,
+            )
+            .unwrap();
+        write(dir.path(), "ca.pem", ca.cert_pem());
+        write(dir.path(), "client.pem", &client.cert_pem);
+        write(dir.path(), "server.pem", &server.cert_pem);
+        postern_pki::write_private_key(dir.path().join("client.key"), &client.key_pem).unwrap();
+
+        let ca_text = openssl(&["x509", "-in", "ca.pem", "-noout", "-text"], dir.path());
+        assert!(ca_text.contains("CA:TRUE"), "{ca_text}");
+        assert!(ca_text.contains("Certificate Sign, CRL Sign"), "{ca_text}");
+
+        let text = openssl(
+            &["x509", "-in", "client.pem", "-noout", "-text"],
+            dir.path(),
+        );
+        assert!(
+            text.contains("URI:spiffe://example.org/user/alice"),
+            "{text}"
+        );
+        assert!(text.contains("TLS Web Client Authentication"), "{text}");
+        assert!(!text.contains("TLS Web Server Authentication"), "{text}");
+        assert!(text.contains("CA:FALSE"), "{text}");
+
+        let verified = openssl(
+            &[
+                "verify",
+                "-CAfile",
+                "ca.pem",
+                "-purpose",
+                "sslclient",
+                "client.pem",
+            ],
+            dir.path(),
+        );
+        assert!(verified.contains("client.pem: OK"), "{verified}");
+        let verified = openssl(
+            &[
+                "verify",
+                "-CAfile",
+                "ca.pem",
+                "-purpose",
+                "sslserver",
+                "server.pem",
+            ],
+            dir.path(),
+        );
+        assert!(verified.contains("server.pem: OK"), "{verified}");
+
+        // The private key written 0600 is the key of the certificate.
+        let cert_pub = openssl(
+            &["x509", "-in", "client.pem", "-noout", "-pubkey"],
+            dir.path(),
+        );
+        let key_pub = openssl(&["pkey", "-in", "client.key", "-pubout"], dir.path());
+        assert_eq!(cert_pub, key_pub);
+    }
+}
+
+#[test]
+fn openssl_refuses_a_client_certificate_from_another_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let ca = Ca::generate_root("ours", "example.org", KeyAlg::EcdsaP256, now).unwrap();
+    let other = Ca::generate_root("theirs", "example.org", KeyAlg::EcdsaP256, now).unwrap();
+    let client = other
+        .issue_client("alice", Kind::User, Duration::hours(1), now)
+        .unwrap();
+    write(dir.path(), "ca.pem", ca.cert_pem());
+    write(dir.path(), "client.pem", &client.cert_pem);
+    let out = Command::new(OPENSSL)
+        .args(["verify", "-CAfile", "ca.pem", "client.pem"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {OPENSSL}: {e}"));
+    assert!(!out.status.success());
+}
