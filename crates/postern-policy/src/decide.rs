@@ -3,6 +3,19 @@
 //! No I/O, no clock reads, no async. The gateway gathers facts and identity at
 //! the edges, calls this, then acts on the [`Decision`]. `postern explain` is a
 //! thin shell over the same function.
+//!
+//! The order of the decision, and the invariant each step keeps:
+//! 1. Route lookup (exact host, then `*`; longest path prefix). No route: 404.
+//! 2. Any present-but-invalid credential: 401, and no opt-out is even
+//!    looked at. An attacker with a stolen-but-revoked certificate must not
+//!    do better than one with none.
+//! 3. The route's own requirement ("base"). An authenticated request never
+//!    needs an opt-out, so none is recorded for it.
+//! 4. Otherwise the most specific *live* opt-out rule (not expired, peer in
+//!    its CIDRs, inside its time window) may waive factors. The base decision
+//!    travels along as `fallback`: if the webhook condition fails or the
+//!    audit record cannot be written, the gateway falls back to it.
+//! 5. Upgrades (WebSocket) only where the route or rule allows them.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -107,6 +120,9 @@ pub struct Decision {
     pub fallback: Option<Box<Decision>>,
     /// The route allows protocol upgrades for this request.
     pub upgrade_allowed: bool,
+    /// The route's requirement, for [`Decision::fall_back`] when there is no
+    /// fallback decision.
+    alternatives: Arc<[FactorSet]>,
 }
 
 impl Decision {
@@ -124,16 +140,274 @@ impl Decision {
     /// return the fallback decision with `why` added to its reasons.
     /// For a decision without a fallback, returns a challenge.
     pub fn fall_back(self, why: &str) -> Decision {
-        todo!("{why}")
+        let mut d = match self.fallback {
+            Some(base) => *base,
+            None => Decision {
+                verdict: Verdict::Challenge {
+                    accepted: self.alternatives.to_vec(),
+                },
+                route: self.route,
+                upstream: self.upstream,
+                rule: self.rule,
+                reasons: self.reasons,
+                condition: None,
+                fallback: None,
+                upgrade_allowed: false,
+                alternatives: self.alternatives,
+            },
+        };
+        d.reasons.push(why.to_string());
+        d.condition = None;
+        d
+    }
+
+    /// The route's requirement (empty when no route matched).
+    pub fn route_requirement(&self) -> &[FactorSet] {
+        &self.alternatives
     }
 }
 
 /// Decide what to do with a request. Pure: same inputs, same answer.
+///
+/// See the module documentation for the order of checks. `now` is only used
+/// for rule expiry and time windows.
 pub fn decide(
     policy: &Policy,
     facts: &RequestFacts<'_>,
     identity: &Identity,
     now: OffsetDateTime,
 ) -> Decision {
-    todo!("{policy:?} {facts:?} {identity:?} {now}")
+    let Some((route_index, route)) = policy
+        .find_route_index(facts.host, facts.path)
+        .and_then(|i| policy.route_at(i).map(|r| (i, r)))
+    else {
+        return Decision {
+            verdict: Verdict::NoRoute,
+            route: None,
+            upstream: None,
+            rule: None,
+            reasons: vec![format!(
+                "no route covers host `{}` and path `{}`",
+                facts.host, facts.path
+            )],
+            condition: None,
+            fallback: None,
+            upgrade_allowed: false,
+            alternatives: Arc::from(Vec::new()),
+        };
+    };
+    let mut reasons = Vec::with_capacity(4);
+    reasons.push(format!("route `{}` covers `{}`", route.id, facts.path));
+    let decision = |verdict: Verdict, reasons: Vec<String>| Decision {
+        verdict,
+        route: Some(route.id.clone()),
+        upstream: Some(route.upstream.clone()),
+        rule: None,
+        reasons,
+        condition: None,
+        fallback: None,
+        upgrade_allowed: false,
+        alternatives: route.require.clone(),
+    };
+
+    if !identity.invalid.is_empty() {
+        for c in &identity.invalid {
+            reasons.push(format!(
+                "the {} credential was presented but is invalid ({}); a present but invalid credential never falls into an opt-out",
+                c.factor, c.reason
+            ));
+        }
+        let accepted = route.require.to_vec();
+        return decision(Verdict::Challenge { accepted }, reasons);
+    }
+
+    let (base_verdict, base_reason) = authenticate(route, identity);
+    if matches!(base_verdict, Verdict::Allow { .. }) {
+        reasons.push(base_reason);
+        let mut d = decision(base_verdict, reasons);
+        apply_upgrade(&mut d, facts.upgrade, route.allow_upgrade(), || {
+            format!("route `{}`", route.id)
+        });
+        return d;
+    }
+
+    // Candidates, most specific first; the first live one is the rule.
+    let mut considered: Option<&Arc<str>> = None;
+    let mut live = None;
+    for rule in policy.candidates(route_index, facts.method, facts.path) {
+        match rule.inactive_reason(now, facts.peer) {
+            Some(why) => {
+                considered.get_or_insert(&rule.id);
+                reasons.push(why);
+            }
+            None => {
+                live = Some(rule);
+                break;
+            }
+        }
+    }
+
+    let Some(rule) = live else {
+        reasons.push(base_reason);
+        let mut d = decision(base_verdict, reasons);
+        d.rule = considered.cloned();
+        return d;
+    };
+
+    let base = {
+        let mut r = reasons.clone();
+        r.push(base_reason);
+        let mut d = decision(base_verdict, r);
+        apply_upgrade(&mut d, facts.upgrade, route.allow_upgrade(), || {
+            format!("route `{}`", route.id)
+        });
+        d
+    };
+
+    let waived = rule.waive;
+    let mut remaining: Vec<FactorSet> = Vec::with_capacity(route.require.len());
+    for alt in route.require.iter() {
+        let rest = alt.minus(waived);
+        if !remaining.contains(&rest) {
+            remaining.push(rest);
+        }
+    }
+    let met = remaining
+        .iter()
+        .copied()
+        .find(|rest| identity.verified.is_superset(*rest));
+    let mut d = match met {
+        Some(rest) if !rest.is_empty() && !route.admits(identity.principal.as_deref()) => {
+            // A partial waiver still authenticates: the route's allow-list
+            // applies, or waiving one factor would let anyone else in.
+            reasons.push(format!(
+                "rule `{}` waives {waived} but {} is not among the identities of route `{}`",
+                rule.id,
+                principal_text(identity),
+                route.id
+            ));
+            decision(Verdict::Forbidden, reasons)
+        }
+        Some(rest) => {
+            reasons.push(if rest.is_empty() {
+                format!(
+                    "opt-out rule `{}` waives {waived} (owner {}: {})",
+                    rule.id,
+                    rule.owner(),
+                    rule.reason()
+                )
+            } else {
+                format!(
+                    "opt-out rule `{}` waives {waived}; {rest} verified (owner {}: {})",
+                    rule.id,
+                    rule.owner(),
+                    rule.reason()
+                )
+            });
+            let mut d = decision(
+                Verdict::Allow {
+                    via: AuthVia::OptOut {
+                        rule: rule.id.clone(),
+                        waived,
+                        verified: rest,
+                    },
+                },
+                reasons,
+            );
+            d.condition = rule.webhook.clone().map(Condition::WebhookSignature);
+            d.fallback = Some(Box::new(base));
+            d
+        }
+        None => {
+            reasons.push(format!(
+                "opt-out rule `{}` waives {waived}; still required: {}",
+                rule.id,
+                alternatives_text(&remaining)
+            ));
+            decision(
+                Verdict::Challenge {
+                    accepted: remaining,
+                },
+                reasons,
+            )
+        }
+    };
+    d.rule = Some(rule.id.clone());
+    apply_upgrade(&mut d, facts.upgrade, rule.allow_upgrade, || {
+        format!("opt-out rule `{}`", rule.id)
+    });
+    d
+}
+
+/// The route's own requirement, without opt-outs.
+fn authenticate(route: &crate::policy::Route, identity: &Identity) -> (Verdict, String) {
+    let met = route
+        .require
+        .iter()
+        .copied()
+        .find(|alt| identity.verified.is_superset(*alt));
+    match met {
+        Some(set) if route.admits(identity.principal.as_deref()) => (
+            Verdict::Allow {
+                via: AuthVia::Authenticated(set),
+            },
+            format!("authenticated with {set} as {}", principal_text(identity)),
+        ),
+        Some(set) => (
+            Verdict::Forbidden,
+            format!(
+                "authenticated with {set}, but {} is not among the identities of route `{}`",
+                principal_text(identity),
+                route.id
+            ),
+        ),
+        None => (
+            Verdict::Challenge {
+                accepted: route.require.to_vec(),
+            },
+            format!(
+                "route `{}` requires {}; verified: {}",
+                route.id,
+                alternatives_text(&route.require),
+                identity.verified
+            ),
+        ),
+    }
+}
+
+/// Upgrades pass only where allowed; an allowed request asking for an
+/// upgrade it may not have becomes 403 rather than a silent plain request.
+fn apply_upgrade(d: &mut Decision, asked: bool, allowed: bool, by: impl FnOnce() -> String) {
+    if !asked {
+        return;
+    }
+    if allowed {
+        d.upgrade_allowed = matches!(d.verdict, Verdict::Allow { .. });
+        return;
+    }
+    if matches!(d.verdict, Verdict::Allow { .. }) {
+        d.reasons
+            .push(format!("{} does not allow protocol upgrades", by()));
+        d.verdict = Verdict::Forbidden;
+        d.condition = None;
+        d.fallback = None;
+    }
+}
+
+fn principal_text(identity: &Identity) -> String {
+    match &identity.principal {
+        Some(p) => format!("`{p}`"),
+        None => "an unnamed principal".to_string(),
+    }
+}
+
+fn alternatives_text(alts: &[FactorSet]) -> String {
+    let mut out = String::new();
+    for (i, a) in alts.iter().enumerate() {
+        if i > 0 {
+            out.push_str(" or ");
+        }
+        out.push_str(&a.to_string());
+    }
+    out
 }
