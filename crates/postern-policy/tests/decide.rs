@@ -1,0 +1,656 @@
+//! `decide()`: every branch, with the reasons it gives.
+
+// Test code: a failed fixture should stop the test loudly.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::*;
+use postern_policy::{
+    decide, normalize_path, AuthVia, Condition, Decision, Factor, FactorSet, Identity,
+    InvalidCredential, Policy, RequestFacts, Verdict,
+};
+use time::macros::datetime;
+use time::OffsetDateTime;
+
+const LOCAL: &str = "127.0.0.1";
+const REMOTE: &str = "203.0.113.9";
+
+fn mtls() -> FactorSet {
+    FactorSet::EMPTY.with(Factor::Mtls)
+}
+fn jwt() -> FactorSet {
+    FactorSet::EMPTY.with(Factor::Jwt)
+}
+
+struct Req<'a> {
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    peer: &'a str,
+    upgrade: bool,
+}
+
+impl<'a> Req<'a> {
+    fn new(method: &'a str, path: &'a str) -> Req<'a> {
+        Req {
+            method,
+            host: "app.example",
+            path,
+            peer: LOCAL,
+            upgrade: false,
+        }
+    }
+    fn from(mut self, peer: &'a str) -> Self {
+        self.peer = peer;
+        self
+    }
+    fn host(mut self, host: &'a str) -> Self {
+        self.host = host;
+        self
+    }
+    fn upgrade(mut self) -> Self {
+        self.upgrade = true;
+        self
+    }
+    fn run(&self, p: &Policy, id: &Identity, now: OffsetDateTime) -> Decision {
+        let path = normalize_path(self.path).unwrap();
+        let peer: IpAddr = self.peer.parse().unwrap();
+        let facts = RequestFacts {
+            method: self.method,
+            host: self.host,
+            path: &path,
+            peer,
+            upgrade: self.upgrade,
+        };
+        decide(p, &facts, id, now)
+    }
+}
+
+fn anon() -> Identity {
+    Identity::anonymous()
+}
+
+fn user(name: &str, factors: FactorSet) -> Identity {
+    Identity {
+        principal: Some(name.into()),
+        verified: factors,
+        invalid: vec![],
+    }
+}
+
+fn reasons(d: &Decision) -> String {
+    d.reasons.join(" | ")
+}
+
+fn app() -> Policy {
+    policy(&format!("{APP_ROUTE}{HEALTHZ}"))
+}
+
+#[test]
+fn anonymous_request_to_a_route_is_challenged_with_its_alternatives() {
+    let d = Req::new("GET", "/private").run(&app(), &anon(), NOW);
+    assert_eq!(
+        d.verdict,
+        Verdict::Challenge {
+            accepted: vec![mtls(), jwt()]
+        }
+    );
+    assert_eq!(d.route.as_deref(), Some("app"));
+    assert_eq!(d.upstream.as_deref(), Some("echo"));
+    assert_eq!(d.rule, None);
+    assert!(d.fallback.is_none());
+    assert!(
+        reasons(&d).contains("requires mtls or jwt"),
+        "{}",
+        reasons(&d)
+    );
+}
+
+#[test]
+fn authenticated_request_is_allowed_without_recording_an_optout() {
+    let d = Req::new("GET", "/healthz").run(&app(), &user("alice", jwt()), NOW);
+    assert_eq!(
+        d.verdict,
+        Verdict::Allow {
+            via: AuthVia::Authenticated(jwt())
+        }
+    );
+    assert_eq!(d.rule, None);
+    assert!(!d.is_optout());
+    assert!(d.fallback.is_none());
+}
+
+#[test]
+fn no_route_is_404_with_a_reason() {
+    let route = APP_ROUTE.replace("host = \"*\"", "host = \"app.example\"");
+    let p = policy(&route);
+    let d = Req::new("GET", "/x")
+        .host("other.example")
+        .run(&p, &anon(), NOW);
+    assert_eq!(d.verdict, Verdict::NoRoute);
+    assert!(d.route.is_none());
+    assert!(reasons(&d).contains("no route covers host `other.example`"));
+    // fall_back of a no-route decision stays closed.
+    let f = d.fall_back("audit down");
+    assert!(!matches!(f.verdict, Verdict::Allow { .. }));
+}
+
+#[test]
+fn exact_host_beats_wildcard_and_longest_prefix_wins() {
+    let routes = format!(
+        "{APP_ROUTE}{}{}{}",
+        APP_ROUTE
+            .replace("id = \"app\"", "id = \"api\"")
+            .replace("path_prefix = \"/\"", "path_prefix = \"/api\""),
+        APP_ROUTE
+            .replace("id = \"app\"", "id = \"v1\"")
+            .replace("path_prefix = \"/\"", "path_prefix = \"/api/v1\""),
+        APP_ROUTE
+            .replace("id = \"app\"", "id = \"admin\"")
+            .replace("host = \"*\"", "host = \"admin.example\"")
+    );
+    let p = policy(&routes);
+    let route_of = |host: &str, path: &str| {
+        Req::new("GET", path)
+            .host(host)
+            .run(&p, &anon(), NOW)
+            .route
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(route_of("app.example", "/"), "app");
+    assert_eq!(route_of("app.example", "/apix"), "app");
+    assert_eq!(route_of("app.example", "/api"), "api");
+    assert_eq!(route_of("app.example", "/api/"), "api");
+    assert_eq!(route_of("app.example", "/api/v1"), "v1");
+    assert_eq!(route_of("app.example", "/api/v1/x/y"), "v1");
+    assert_eq!(route_of("app.example", "/api/v2"), "api");
+    assert_eq!(route_of("admin.example", "/api/v1"), "admin");
+    let r = p
+        .find_route("app.example", &normalize_path("/api/v1/x").unwrap())
+        .unwrap();
+    assert_eq!(r.id(), "v1");
+}
+
+#[test]
+fn exact_host_routes_fall_through_to_wildcard_for_uncovered_paths() {
+    let routes = format!(
+        "{APP_ROUTE}{}",
+        APP_ROUTE
+            .replace("id = \"app\"", "id = \"admin\"")
+            .replace("host = \"*\"", "host = \"admin.example\"")
+            .replace("path_prefix = \"/\"", "path_prefix = \"/admin\"")
+    );
+    let p = policy(&routes);
+    let d = Req::new("GET", "/other")
+        .host("admin.example")
+        .run(&p, &anon(), NOW);
+    assert_eq!(d.route.as_deref(), Some("app"));
+}
+
+#[test]
+fn live_optout_allows_anonymous_with_fallback_to_full_authentication() {
+    let d = Req::new("GET", "/healthz").run(&app(), &anon(), NOW);
+    assert_eq!(
+        d.verdict,
+        Verdict::Allow {
+            via: AuthVia::OptOut {
+                rule: "healthz".into(),
+                waived: FactorSet::all(),
+                verified: FactorSet::EMPTY
+            }
+        }
+    );
+    assert!(d.is_optout());
+    assert_eq!(d.rule.as_deref(), Some("healthz"));
+    assert!(d.condition.is_none());
+    let fb = d.fallback.as_ref().unwrap();
+    assert_eq!(
+        fb.verdict,
+        Verdict::Challenge {
+            accepted: vec![mtls(), jwt()]
+        }
+    );
+    assert!(
+        reasons(&d).contains("opt-out rule `healthz` waives mtls+jwt"),
+        "{}",
+        reasons(&d)
+    );
+    assert!(reasons(&d).contains("platform-team"), "{}", reasons(&d));
+}
+
+#[test]
+fn optout_never_applies_after_expiry() {
+    let at_expiry = datetime!(2027-01-31 00:00:00 UTC);
+    for now in [
+        at_expiry,
+        at_expiry + time::Duration::seconds(1),
+        datetime!(2030-01-01 00:00:00 UTC),
+    ] {
+        let d = Req::new("GET", "/healthz").run(&app(), &anon(), now);
+        assert_eq!(
+            d.verdict,
+            Verdict::Challenge {
+                accepted: vec![mtls(), jwt()]
+            }
+        );
+        assert!(
+            reasons(&d).contains("rule `healthz` expired at 2027-01-31T00:00:00Z"),
+            "{}",
+            reasons(&d)
+        );
+        assert_eq!(
+            d.rule.as_deref(),
+            Some("healthz"),
+            "the refused rule is recorded"
+        );
+    }
+    let just_before = at_expiry - time::Duration::nanoseconds(1);
+    assert!(Req::new("GET", "/healthz")
+        .run(&app(), &anon(), just_before)
+        .is_optout());
+}
+
+#[test]
+fn optout_never_applies_outside_its_source_cidrs() {
+    let d = Req::new("GET", "/healthz")
+        .from(REMOTE)
+        .run(&app(), &anon(), NOW);
+    assert!(matches!(d.verdict, Verdict::Challenge { .. }));
+    assert!(
+        reasons(&d).contains("peer 203.0.113.9 not in source_cidrs of `healthz`"),
+        "{}",
+        reasons(&d)
+    );
+    assert!(Req::new("GET", "/healthz")
+        .from("::1")
+        .run(&app(), &anon(), NOW)
+        .is_optout());
+    // IPv4-mapped IPv6 peers are matched as IPv4.
+    assert!(Req::new("GET", "/healthz")
+        .from("::ffff:127.0.0.1")
+        .run(&app(), &anon(), NOW)
+        .is_optout());
+    assert!(!Req::new("GET", "/healthz")
+        .from("::ffff:203.0.113.9")
+        .run(&app(), &anon(), NOW)
+        .is_optout());
+}
+
+#[test]
+fn optout_never_applies_to_unlisted_methods_or_paths() {
+    let p = app();
+    for (m, path) in [
+        ("POST", "/healthz"),
+        ("get", "/healthz"),
+        ("GET", "/healthz/"),
+        ("GET", "/healthz/x"),
+        ("GET", "/HEALTHZ"),
+        ("GET", "/healthz;x"),
+        ("GET", "/healthzx"),
+        ("GET", "/"),
+    ] {
+        let d = Req::new(m, path).run(&p, &anon(), NOW);
+        assert!(!d.is_optout(), "{m} {path}");
+        assert!(matches!(d.verdict, Verdict::Challenge { .. }), "{m} {path}");
+    }
+}
+
+#[test]
+fn present_but_invalid_credential_never_falls_into_an_optout() {
+    let id = Identity {
+        principal: None,
+        verified: FactorSet::EMPTY,
+        invalid: vec![InvalidCredential {
+            factor: Factor::Jwt,
+            reason: "signature does not verify".into(),
+        }],
+    };
+    let d = Req::new("GET", "/healthz").run(&app(), &id, NOW);
+    assert_eq!(
+        d.verdict,
+        Verdict::Challenge {
+            accepted: vec![mtls(), jwt()]
+        }
+    );
+    assert_eq!(d.rule, None);
+    assert!(
+        reasons(&d).contains("jwt credential was presented but is invalid"),
+        "{}",
+        reasons(&d)
+    );
+    assert!(reasons(&d).contains("never falls into an opt-out"));
+    // Even with another factor verified.
+    let id = Identity {
+        principal: Some("alice".into()),
+        verified: mtls(),
+        ..id
+    };
+    assert!(matches!(
+        Req::new("GET", "/private").run(&app(), &id, NOW).verdict,
+        Verdict::Challenge { .. }
+    ));
+}
+
+#[test]
+fn identities_allow_list_forbids_other_principals() {
+    let route = APP_ROUTE.replace("require = ", "identities = [\"alice\"]\nrequire = ");
+    let p = policy(&route);
+    let d = Req::new("GET", "/x").run(&p, &user("alice", mtls()), NOW);
+    assert_eq!(
+        d.verdict,
+        Verdict::Allow {
+            via: AuthVia::Authenticated(mtls())
+        }
+    );
+    let d = Req::new("GET", "/x").run(&p, &user("bob", mtls()), NOW);
+    assert_eq!(d.verdict, Verdict::Forbidden);
+    assert!(
+        reasons(&d).contains("`bob` is not among the identities of route `app`"),
+        "{}",
+        reasons(&d)
+    );
+    assert_eq!(
+        p.route("app").unwrap().identities(),
+        Some(&["alice".to_string()][..])
+    );
+}
+
+#[test]
+fn forbidden_principal_still_passes_a_waive_all_optout() {
+    // waive = "all" lets anyone through; a named-but-unlisted principal is
+    // not worse off than an anonymous caller.
+    let route = APP_ROUTE.replace("require = ", "identities = [\"alice\"]\nrequire = ");
+    let p = policy(&format!("{route}{HEALTHZ}"));
+    assert!(Req::new("GET", "/healthz")
+        .run(&p, &user("bob", mtls()), NOW)
+        .is_optout());
+}
+
+#[test]
+fn partial_waiver_still_applies_the_identity_allow_list() {
+    let route = APP_ROUTE
+        .replace(r#"[["mtls"], ["jwt"]]"#, r#"[["mtls", "jwt"]]"#)
+        .replace("require = ", "identities = [\"alice\"]\nrequire = ");
+    let rule = optout("legacy", r#"["GET"]"#, r#"["/legacy/**"]"#, "")
+        .replace("waive = \"all\"", "waive = [\"jwt\"]");
+    let p = policy(&format!("{route}{rule}"));
+    let d = Req::new("GET", "/legacy/x").run(&p, &user("alice", mtls()), NOW);
+    assert_eq!(
+        d.verdict,
+        Verdict::Allow {
+            via: AuthVia::OptOut {
+                rule: "legacy".into(),
+                waived: jwt(),
+                verified: mtls()
+            }
+        }
+    );
+    let d = Req::new("GET", "/legacy/x").run(&p, &user("bob", mtls()), NOW);
+    assert_eq!(d.verdict, Verdict::Forbidden, "{}", reasons(&d));
+}
+
+#[test]
+fn partial_waiver_challenges_for_the_remaining_factors() {
+    let route = APP_ROUTE.replace(r#"[["mtls"], ["jwt"]]"#, r#"[["mtls", "jwt"]]"#);
+    let rule = optout("legacy", r#"["GET"]"#, r#"["/legacy/**"]"#, "")
+        .replace("waive = \"all\"", "waive = [\"jwt\"]");
+    let p = policy(&format!("{route}{rule}"));
+    let d = Req::new("GET", "/legacy/x").run(&p, &anon(), NOW);
+    assert_eq!(
+        d.verdict,
+        Verdict::Challenge {
+            accepted: vec![mtls()]
+        }
+    );
+    assert_eq!(d.rule.as_deref(), Some("legacy"));
+    assert!(
+        reasons(&d).contains("still required: mtls"),
+        "{}",
+        reasons(&d)
+    );
+    // A jwt alone does not help: it is the waived factor.
+    let d = Req::new("GET", "/legacy/x").run(&p, &user("a", jwt()), NOW);
+    assert_eq!(
+        d.verdict,
+        Verdict::Challenge {
+            accepted: vec![mtls()]
+        }
+    );
+    // Full authentication never needs the rule.
+    let both = mtls().with(Factor::Jwt);
+    let d = Req::new("GET", "/legacy/x").run(&p, &user("a", both), NOW);
+    assert_eq!(
+        d.verdict,
+        Verdict::Allow {
+            via: AuthVia::Authenticated(both)
+        }
+    );
+    assert_eq!(d.rule, None);
+}
+
+#[test]
+fn webhook_optout_carries_its_condition() {
+    std::env::set_var("POSTERN_TEST_DECIDE_HOOK", "s3cret");
+    let rule = format!(
+        "{}[optout.webhook]\nsecret_env = \"POSTERN_TEST_DECIDE_HOOK\"\n",
+        optout("hook", r#"["POST"]"#, r#"["/webhooks/demo"]"#, "")
+    );
+    let p = policy(&format!("{APP_ROUTE}{rule}"));
+    let d = Req::new("POST", "/webhooks/demo")
+        .from(REMOTE)
+        .run(&p, &anon(), NOW);
+    assert!(d.is_optout());
+    match &d.condition {
+        Some(Condition::WebhookSignature(spec)) => {
+            assert_eq!(&*spec.rule, "hook");
+            assert_eq!(spec.secret, b"s3cret");
+        }
+        None => panic!("no condition"),
+    }
+    // The signature check failed: full authentication, condition gone.
+    let f = d.fall_back("webhook signature does not match");
+    assert_eq!(
+        f.verdict,
+        Verdict::Challenge {
+            accepted: vec![mtls(), jwt()]
+        }
+    );
+    assert!(f.condition.is_none());
+    assert!(!f.is_optout());
+    assert_eq!(
+        f.reasons.last().map(String::as_str),
+        Some("webhook signature does not match")
+    );
+}
+
+#[test]
+fn fall_back_without_fallback_is_a_challenge_with_route_alternatives() {
+    let d = Req::new("GET", "/private").run(&app(), &user("alice", mtls()), NOW);
+    assert!(d.fallback.is_none());
+    let f = d.fall_back("audit sink unavailable");
+    assert_eq!(
+        f.verdict,
+        Verdict::Challenge {
+            accepted: vec![mtls(), jwt()]
+        }
+    );
+    assert_eq!(
+        f.reasons.last().map(String::as_str),
+        Some("audit sink unavailable")
+    );
+    assert_eq!(f.route.as_deref(), Some("app"));
+}
+
+#[test]
+fn time_window_limits_an_optout_and_may_wrap_midnight() {
+    let rule = optout(
+        "night",
+        r#"["GET"]"#,
+        r#"["/batch"]"#,
+        "time_window = { start = \"22:00\", end = \"06:00\" }",
+    );
+    let p = policy(&format!("{APP_ROUTE}{rule}"));
+    let at = |h: u8, m: u8| {
+        datetime!(2026-12-01 00:00:00 UTC).replace_time(time::Time::from_hms(h, m, 0).unwrap())
+    };
+    for (h, m, inside) in [
+        (22, 0, true),
+        (23, 59, true),
+        (0, 0, true),
+        (5, 59, true),
+        (6, 0, false),
+        (12, 0, false),
+        (21, 59, false),
+    ] {
+        let d = Req::new("GET", "/batch").run(&p, &anon(), at(h, m));
+        assert_eq!(d.is_optout(), inside, "{h:02}:{m:02}: {}", reasons(&d));
+        if !inside {
+            assert!(
+                reasons(&d).contains("applies only within 22:00-06:00 UTC"),
+                "{}",
+                reasons(&d)
+            );
+        }
+    }
+    // `now` in another offset is the same instant.
+    let local = datetime!(2026-12-01 01:00:00 +02:00); // 23:00 UTC the day before
+    assert!(Req::new("GET", "/batch")
+        .run(&p, &anon(), local)
+        .is_optout());
+}
+
+#[test]
+fn most_specific_live_rule_wins_and_skipped_rules_are_explained() {
+    let rules = format!(
+        "{}{}{}",
+        optout("broad", r#"["GET"]"#, r#"["/static/**"]"#, ""),
+        optout(
+            "narrow",
+            r#"["GET"]"#,
+            r#"["/static/img/**"]"#,
+            r#"source_cidrs = ["10.0.0.0/8"]"#
+        ),
+        optout("exact", r#"["GET"]"#, r#"["/static/img/logo.png"]"#, "")
+            .replace("2027-01-31", "2026-12-02"),
+    );
+    let p = policy(&format!("{APP_ROUTE}{rules}"));
+    let path = normalize_path("/static/img/logo.png").unwrap();
+    let order: Vec<_> = p
+        .optout_candidates("app", "GET", &path)
+        .iter()
+        .map(|r| r.id().to_string())
+        .collect();
+    assert_eq!(order, ["exact", "narrow", "broad"]);
+    let later = datetime!(2026-12-03 00:00:00 UTC);
+    let d = Req::new("GET", "/static/img/logo.png")
+        .from(REMOTE)
+        .run(&p, &anon(), later);
+    assert_eq!(d.rule.as_deref(), Some("broad"));
+    let r = reasons(&d);
+    assert!(r.contains("rule `exact` expired"), "{r}");
+    assert!(r.contains("not in source_cidrs of `narrow`"), "{r}");
+    let d = Req::new("GET", "/static/img/logo.png")
+        .from("10.1.1.1")
+        .run(&p, &anon(), NOW);
+    assert_eq!(d.rule.as_deref(), Some("exact"));
+}
+
+#[test]
+fn prefix_pattern_covers_below_not_the_prefix_itself() {
+    let p = policy(&format!(
+        "{APP_ROUTE}{}",
+        optout("s", r#"["GET"]"#, r#"["/static/**"]"#, "")
+    ));
+    assert!(Req::new("GET", "/static/")
+        .run(&p, &anon(), NOW)
+        .is_optout());
+    assert!(Req::new("GET", "/static/a/b")
+        .run(&p, &anon(), NOW)
+        .is_optout());
+    assert!(!Req::new("GET", "/static").run(&p, &anon(), NOW).is_optout());
+    assert!(!Req::new("GET", "/staticx/a")
+        .run(&p, &anon(), NOW)
+        .is_optout());
+    assert!(!Req::new("GET", "/static/../private")
+        .run(&p, &anon(), NOW)
+        .is_optout());
+}
+
+#[test]
+fn optout_rules_stay_on_their_route() {
+    let api = APP_ROUTE
+        .replace("id = \"app\"", "id = \"api\"")
+        .replace("path_prefix = \"/\"", "path_prefix = \"/api\"");
+    // The rule is on `app` but names a path that `api` covers: it never applies.
+    let rule = optout("h", r#"["GET"]"#, r#"["/api/health"]"#, "");
+    let p = policy(&format!("{APP_ROUTE}{api}{rule}"));
+    let d = Req::new("GET", "/api/health").run(&p, &anon(), NOW);
+    assert_eq!(d.route.as_deref(), Some("api"));
+    assert!(!d.is_optout());
+}
+
+#[test]
+fn upgrade_through_optout_needs_the_rule_to_allow_it() {
+    let p = app();
+    let d = Req::new("GET", "/healthz").upgrade().run(&p, &anon(), NOW);
+    assert_eq!(d.verdict, Verdict::Forbidden);
+    assert!(!d.upgrade_allowed);
+    assert!(
+        reasons(&d).contains("opt-out rule `healthz` does not allow protocol upgrades"),
+        "{}",
+        reasons(&d)
+    );
+    let rule = optout("ws", r#"["GET"]"#, r#"["/ws"]"#, "allow_upgrade = true");
+    let p = policy(&format!("{APP_ROUTE}{rule}"));
+    let d = Req::new("GET", "/ws").upgrade().run(&p, &anon(), NOW);
+    assert!(d.is_optout());
+    assert!(d.upgrade_allowed);
+    // Without an upgrade request, nothing is "allowed" to upgrade.
+    assert!(!Req::new("GET", "/ws").run(&p, &anon(), NOW).upgrade_allowed);
+}
+
+#[test]
+fn upgrade_when_authenticated_needs_the_route_to_allow_it() {
+    let d = Req::new("GET", "/x")
+        .upgrade()
+        .run(&app(), &user("alice", mtls()), NOW);
+    assert_eq!(d.verdict, Verdict::Forbidden);
+    assert!(reasons(&d).contains("route `app` does not allow protocol upgrades"));
+    let p = policy(&APP_ROUTE.replace("require = ", "allow_upgrade = true\nrequire = "));
+    let d = Req::new("GET", "/x")
+        .upgrade()
+        .run(&p, &user("alice", mtls()), NOW);
+    assert_eq!(
+        d.verdict,
+        Verdict::Allow {
+            via: AuthVia::Authenticated(mtls())
+        }
+    );
+    assert!(d.upgrade_allowed);
+    // A route allowing upgrades does not let an opt-out upgrade.
+    let p = policy(&format!(
+        "{}{HEALTHZ}",
+        APP_ROUTE.replace("require = ", "allow_upgrade = true\nrequire = ")
+    ));
+    assert_eq!(
+        Req::new("GET", "/healthz")
+            .upgrade()
+            .run(&p, &anon(), NOW)
+            .verdict,
+        Verdict::Forbidden
+    );
+}
+
+#[test]
+fn decision_fallback_keeps_upgrade_rules() {
+    let rule = optout("ws", r#"["GET"]"#, r#"["/ws"]"#, "allow_upgrade = true");
+    let p = policy(&format!("{APP_ROUTE}{rule}"));
+    let d = Req::new("GET", "/ws").upgrade().run(&p, &anon(), NOW);
+    let fb = d.fallback.as_ref().unwrap();
+    assert!(!fb.upgrade_allowed);
+    assert!(matches!(fb.verdict, Verdict::Challenge { .. }));
+}
