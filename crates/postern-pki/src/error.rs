@@ -91,6 +91,9 @@ pub enum PkiError {
     /// A certificate signing request was unparsable, badly signed or used unsupported features.
     #[error("invalid certificate signing request: {0}")]
     InvalidCsr(String),
+    /// The session start of a renewal lies after the issuance time.
+    #[error("the session cannot start in the future ({0})")]
+    InvalidSessionStart(OffsetDateTime),
     /// A grant carried by a certificate is malformed or outlives the certificate.
     #[error("invalid grant: {0}")]
     InvalidGrant(String),

@@ -11,18 +11,32 @@
 //! `clientAuth` extended key usage, certificates that expired since the connection opened,
 //! foreign trust domains, and identities that live only in the subject CN.
 //!
+//! A client certificate can also carry signed opt-out [`Grant`]s and the start of the session
+//! it continues, in two non-critical private extensions under postern's UUID-derived OID arc
+//! (see [`extension`] for the OIDs and why certificates are re-signed after rcgen builds
+//! them). Requesters may bring their own key in a CSR ([`Ca::sign_client_csr`]); the CA
+//! still decides every name in the certificate.
+//!
 //! Everything that depends on the clock takes `now` as an argument: no function here reads
 //! the system clock, so every behaviour is testable at any instant.
 
 mod ca;
+mod csr;
 mod error;
+pub mod extension;
 mod files;
+mod grant;
 mod identity;
 mod pem;
 mod spiffe;
 
-pub use ca::{Ca, CertifiedKey, KeyAlg, Kind, CLOCK_SKEW_ALLOWANCE, ROOT_VALIDITY};
+pub use ca::{
+    Ca, CertifiedKey, ClientCertRequest, IssuedCertificate, KeyAlg, Kind, CLOCK_SKEW_ALLOWANCE,
+    ROOT_VALIDITY,
+};
 pub use error::{IdentityError, PkiError};
+pub use extension::{GRANTS_OID, POSTERN_OID_ARC, SESSION_OID};
 pub use files::write_private_key;
+pub use grant::{grants_from_cert, session_started_at, Grant, MAX_GRANTS_PAYLOAD};
 pub use identity::{client_identity, fingerprint_sha256, ClientIdentity};
 pub use pem::{cert_der_from_pem, certs_from_pem, crls_from_pem, private_key_from_pem};

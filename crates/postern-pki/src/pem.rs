@@ -5,6 +5,25 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 
 use crate::error::PkiError;
 
+/// PEM-encodes `der` under `label` (RFC 7468: base64 in 64-character lines).
+pub(crate) fn encode_pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
+    out.push_str("-----BEGIN ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    // base64 output is ASCII, so every 64-byte chunk is valid UTF-8.
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    out
+}
+
 /// Every `CERTIFICATE` block in `pem`, in file order (leaf first in a chain file).
 ///
 /// Errors if a block is malformed or if there is no certificate at all: an empty chain is

@@ -124,3 +124,73 @@ fn openssl_refuses_a_client_certificate_from_another_ca() {
         .unwrap_or_else(|e| panic!("cannot run {OPENSSL}: {e}"));
     assert!(!out.status.success());
 }
+
+#[test]
+fn openssl_accepts_grant_certificates_and_refuses_edited_ones() {
+    use postern_pki::{ClientCertRequest, Grant, GRANTS_OID, SESSION_OID};
+    let dir = tempfile::tempdir().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let ca = Ca::generate_root("postern test CA", "example.org", KeyAlg::EcdsaP256, now).unwrap();
+    let grant = Grant {
+        id: "CHG-7".into(),
+        rules: vec!["health".into()],
+        waives: vec!["jwt".into()],
+        not_after: now + Duration::hours(1),
+        reason: "maintenance".into(),
+        approved_by: "carol".into(),
+    };
+    let req =
+        ClientCertRequest::new("alice", Kind::User, Duration::hours(8)).with_grants(vec![grant]);
+    let client = ca.issue_client_with(&req, now).unwrap();
+    write(dir.path(), "ca.pem", ca.cert_pem());
+    write(dir.path(), "client.pem", &client.cert_pem);
+
+    let text = openssl(
+        &["x509", "-in", "client.pem", "-noout", "-text"],
+        dir.path(),
+    );
+    // OpenSSL prints unknown extensions by dotted OID; "critical" would follow the OID.
+    assert!(text.contains(&format!("{GRANTS_OID}: \n")), "{text}");
+    assert!(text.contains(&format!("{SESSION_OID}: \n")), "{text}");
+    let verified = openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "ca.pem",
+            "-purpose",
+            "sslclient",
+            "client.pem",
+        ],
+        dir.path(),
+    );
+    assert!(verified.contains("client.pem: OK"), "{verified}");
+
+    let mut der = client.cert_der.clone();
+    let needle = br#""rules":["health"]"#;
+    let at = der.windows(needle.len()).position(|w| w == needle).unwrap();
+    der[at..at + needle.len()].copy_from_slice(br#""rules":["admin1"]"#);
+    std::fs::write(dir.path().join("edited.der"), &der).unwrap();
+    openssl(
+        &[
+            "x509",
+            "-inform",
+            "DER",
+            "-in",
+            "edited.der",
+            "-out",
+            "edited.pem",
+        ],
+        dir.path(),
+    );
+    let out = Command::new(OPENSSL)
+        .args(["verify", "-CAfile", "ca.pem", "edited.pem"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {OPENSSL}: {e}"));
+    let report = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "openssl accepted an edited grant: {report}"
+    );
+    assert!(report.contains("certificate signature failure"), "{report}");
+}
