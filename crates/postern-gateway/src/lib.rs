@@ -1,1 +1,63 @@
-//! placeholder
+//! postern's edges: the TLS/mTLS listener, authentication, the reverse
+//! proxy and the wiring to the audit log. The decisions themselves are made
+//! by the pure core in `postern-policy`; this crate gathers facts, acts on
+//! the decision, and writes the audit record.
+
+pub mod authn;
+pub mod echo;
+pub mod headers;
+pub mod respond;
+pub mod server;
+pub mod service;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use postern_audit::AuditLog;
+use postern_policy::Policy;
+
+pub use server::{start, GatewayError, RunningGateway};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of everything postern sends.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// The pooled client that talks to upstreams (HTTP/1.1, plain or TLS).
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// Where an upstream is.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+/// What changes on a policy reload, swapped atomically.
+pub struct Runtime {
+    pub policy: Policy,
+    pub upstreams: HashMap<String, Upstream>,
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub authn: authn::Authenticator,
+    pub audit: AuditLog,
+    pub client: UpstreamClient,
+    pub trust_domain: String,
+    pub max_body: usize,
+    pub upstream_timeout: Duration,
+}
+
+impl Shared {
+    pub fn policy(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+}

@@ -791,7 +791,13 @@ impl<'a> Compiler<'a> {
                 );
                 continue;
             }
-            match parse_http_url(&cfg.url) {
+            // `builtin:echo`: the gateway starts a loopback echo server (the demo's upstream).
+            let parsed = if cfg.url == BUILTIN_ECHO {
+                Ok((false, "127.0.0.1".to_string(), 0))
+            } else {
+                parse_http_url(&cfg.url)
+            };
+            match parsed {
                 Ok((https, host, port)) => out.push(Upstream {
                     name: Arc::from(cfg.name.as_str()),
                     url: cfg.url.clone(),
@@ -1660,6 +1666,9 @@ fn check_host(host: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The upstream URL that names the gateway's built-in echo server.
+pub const BUILTIN_ECHO: &str = "builtin:echo";
 
 /// `http://host[:port][/path]` or `https://...`: (https, host, port).
 fn parse_http_url(url: &str) -> Result<(bool, String, u16), String> {

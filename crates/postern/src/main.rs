@@ -1,1 +1,171 @@
-fn main() {}
+//! `postern`: the command-line entry point. Thin: each subcommand parses its
+//! arguments and calls into the library crates.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use postern::{demo, explain, load_policy, shutdown_signal};
+use postern_policy::{Config, Policy, Severity};
+use time::OffsetDateTime;
+
+#[derive(Parser)]
+#[command(
+    name = "postern",
+    version,
+    about = "An identity-aware access gateway whose authentication opt-outs are guarded side gates"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway described by a config file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Make a working gateway in one directory (CA, certificates, JWT issuer, policy, echo upstream) and serve it.
+    Demo {
+        #[arg(long, default_value = "./postern-demo")]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+    },
+    /// Lint a config: every problem with file, line and field. Exit 1 on any error.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show what the gateway would decide for a request, and why.
+    Explain(explain::ExplainArgs),
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain and signed checkpoints; names the first bad record.
+    Verify {
+        file: PathBuf,
+        /// Checkpoint public key: a PEM file (e.g. audit.pub) or 64 hex characters.
+        #[arg(long)]
+        key: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("postern: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            let rt = runtime()?;
+            rt.block_on(serve(&config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { dir, listen } => {
+            let rt = runtime()?;
+            rt.block_on(demo::run(&dir, listen))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => Ok(check(&config)),
+        Command::Explain(args) => {
+            let rt = runtime()?;
+            rt.block_on(explain::run(args))
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { file, key },
+        } => audit_verify(&file, &key),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn serve(path: &Path) -> anyhow::Result<()> {
+    let (config, policy) = load_policy(path)?;
+    let gw = postern_gateway::start(&config, policy).await?;
+    tracing::info!(addr = %gw.local_addr, "postern is serving");
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    gw.shutdown().await;
+    Ok(())
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(diags) => {
+            postern::print_diagnostics(&diags);
+            return ExitCode::from(1);
+        }
+    };
+    let diags = Policy::check(&config, OffsetDateTime::now_utc());
+    postern::print_diagnostics(&diags);
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = diags.len() - errors;
+    if errors > 0 {
+        eprintln!(
+            "{}: {errors} error(s), {warnings} warning(s)",
+            path.display()
+        );
+        ExitCode::from(1)
+    } else {
+        println!(
+            "{}: ok ({} route(s), {} opt-out rule(s), {warnings} warning(s))",
+            path.display(),
+            config.routes.len(),
+            config.optouts.len()
+        );
+        ExitCode::SUCCESS
+    }
+}
+
+fn audit_verify(file: &Path, key: &str) -> anyhow::Result<ExitCode> {
+    let key = postern_audit::read_verifying_key(key)
+        .with_context(|| format!("reading the verification key `{key}`"))?;
+    match postern_audit::verify_file(file, &key) {
+        Ok(report) => {
+            println!(
+                "{}: intact: {} records, {} signed checkpoints, last seq {}",
+                file.display(),
+                report.records,
+                report.checkpoints,
+                report.last_seq
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}: TAMPERED OR DAMAGED: {e}", file.display());
+            Ok(ExitCode::from(1))
+        }
+    }
+}

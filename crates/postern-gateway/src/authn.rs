@@ -1,0 +1,353 @@
+//! Authentication at the edge: turns what a request presented (a verified
+//! client certificate chain, an `Authorization: Bearer` token) into an
+//! [`Identity`] for the pure decision core.
+//!
+//! Invariants:
+//! - An identity comes from a SAN URI or DNS name, never from the subject CN
+//!   (see `postern_pki::client_identity`).
+//! - A JWT's algorithm is pinned per key (from the JWK or its key type) and
+//!   must be on the configured allow-list; the token's `alg` header never
+//!   chooses the verifier. `none` and HMAC are refused outright, so a public
+//!   key can never be used as an HMAC secret.
+//! - A credential that is present but invalid is reported as such, so the
+//!   decision core can refuse it even where an opt-out would apply.
+//! - When two factors name different principals, both are invalid.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use postern_policy::config::JwtConfig;
+use postern_policy::{Factor, Identity, InvalidCredential};
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+/// Facts about the credentials, for the audit record.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialDetails {
+    pub cert_serial: Option<String>,
+    pub cert_fingerprint: Option<String>,
+}
+
+/// Result of parsing a connection's client certificate once, at handshake.
+#[derive(Debug, Clone)]
+pub enum PeerCert {
+    None,
+    Valid(postern_pki::ClientIdentity),
+    Invalid {
+        reason: String,
+        serial: Option<String>,
+        fingerprint: String,
+    },
+}
+
+impl PeerCert {
+    /// Parse the end-entity certificate rustls verified (chain and validity
+    /// already checked at the handshake; identity and EKU checked here).
+    pub fn from_chain(
+        chain: Option<&[CertificateDer<'_>]>,
+        trust_domain: &str,
+        now: OffsetDateTime,
+    ) -> PeerCert {
+        let Some(ee) = chain.and_then(|c| c.first()) else {
+            return PeerCert::None;
+        };
+        match postern_pki::client_identity(ee.as_ref(), trust_domain, now) {
+            Ok(id) => PeerCert::Valid(id),
+            Err(e) => PeerCert::Invalid {
+                reason: e.to_string(),
+                serial: None,
+                fingerprint: postern_pki::fingerprint_sha256(ee.as_ref()),
+            },
+        }
+    }
+}
+
+/// A JWT verifier with keys pinned to algorithms.
+pub struct JwtVerifier {
+    keys: Vec<PinnedKey>,
+    by_kid: HashMap<String, usize>,
+    issuer: String,
+    audience: String,
+    leeway: u64,
+}
+
+struct PinnedKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("cannot read JWKS file `{path}`: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("JWKS `{origin}` is not a valid JSON Web Key Set: {source}")]
+    Parse {
+        origin: String,
+        source: serde_json::Error,
+    },
+    #[error("JWKS `{origin}` has no usable key for the allowed algorithms ({allowed})")]
+    NoUsableKey { origin: String, allowed: String },
+    #[error("algorithm `{0}` is not allowed: postern accepts RS256, ES256 and EdDSA only")]
+    BadAlgorithm(String),
+    #[error("fetching JWKS from `{url}` failed: {reason}")]
+    Fetch { url: String, reason: String },
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+}
+
+impl JwtVerifier {
+    /// Build from config and the JWKS document's text.
+    pub fn new(cfg: &JwtConfig, jwks_text: &str, origin: &str) -> Result<JwtVerifier, JwksError> {
+        let mut allowed = Vec::new();
+        for a in &cfg.algorithms {
+            let alg = match a.get_ref().as_str() {
+                "RS256" => Algorithm::RS256,
+                "ES256" => Algorithm::ES256,
+                "EdDSA" => Algorithm::EdDSA,
+                other => return Err(JwksError::BadAlgorithm(other.to_string())),
+            };
+            allowed.push(alg);
+        }
+        let set: JwkSet = serde_json::from_str(jwks_text).map_err(|source| JwksError::Parse {
+            origin: origin.to_string(),
+            source,
+        })?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let Some(alg) = pinned_alg(jwk) else { continue };
+            if !allowed.contains(&alg) {
+                continue;
+            }
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
+            keys.push(PinnedKey {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err(JwksError::NoUsableKey {
+                origin: origin.to_string(),
+                allowed: cfg
+                    .algorithms
+                    .iter()
+                    .map(|a| a.get_ref().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let by_kid = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.kid.clone().map(|kid| (kid, i)))
+            .collect();
+        Ok(JwtVerifier {
+            keys,
+            by_kid,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            leeway: cfg.leeway_secs,
+        })
+    }
+
+    /// Load from the config's `jwks_file` (resolved against the config path).
+    pub fn from_file(cfg: &JwtConfig, path: &Path) -> Result<JwtVerifier, JwksError> {
+        let text = std::fs::read_to_string(path).map_err(|source| JwksError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        JwtVerifier::new(cfg, &text, &path.display().to_string())
+    }
+
+    /// Verify a compact JWS and return the subject.
+    pub fn verify(&self, token: &str) -> Result<String, String> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+        let key = match &header.kid {
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .and_then(|i| self.keys.get(*i))
+                .ok_or_else(|| format!("unknown key id `{kid}`"))?,
+            None if self.keys.len() == 1 => self.keys.first().ok_or("no key")?,
+            None => return Err("token has no `kid` and the key set has several keys".to_string()),
+        };
+        // The key's pinned algorithm decides; the header must agree with it.
+        if header.alg != key.alg {
+            return Err(format!(
+                "token algorithm {:?} does not match the key's {:?}",
+                header.alg, key.alg
+            ));
+        }
+        let mut v = Validation::new(key.alg);
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &v)
+            .map_err(|e| format!("invalid token: {e}"))?;
+        match data.claims.sub {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => Err("token has no subject".to_string()),
+        }
+    }
+}
+
+/// The algorithm a JWK may be used with: from its `alg`, else from its key type.
+/// HMAC (`oct`) keys are never usable.
+fn pinned_alg(jwk: &Jwk) -> Option<Algorithm> {
+    let from_type = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    match jwk.common.key_algorithm {
+        None => Some(from_type),
+        Some(KeyAlgorithm::RS256) if from_type == Algorithm::RS256 => Some(from_type),
+        Some(KeyAlgorithm::ES256) if from_type == Algorithm::ES256 => Some(from_type),
+        Some(KeyAlgorithm::EdDSA) if from_type == Algorithm::EdDSA => Some(from_type),
+        Some(_) => None,
+    }
+}
+
+/// Everything needed to authenticate a request.
+pub struct Authenticator {
+    pub jwt: Option<JwtVerifier>,
+}
+
+impl Authenticator {
+    /// Build the identity from the connection's certificate and the request's
+    /// `Authorization` header values (all of them: more than one is invalid).
+    pub fn authenticate(
+        &self,
+        cert: &PeerCert,
+        authorization: &[&[u8]],
+        now: OffsetDateTime,
+    ) -> (Identity, CredentialDetails) {
+        let mut id = Identity::anonymous();
+        let mut details = CredentialDetails::default();
+        let mut principals: Vec<(Factor, String)> = Vec::new();
+
+        match cert {
+            PeerCert::None => {}
+            PeerCert::Valid(ci) => {
+                details.cert_serial = Some(ci.serial_hex.clone());
+                details.cert_fingerprint = Some(ci.fingerprint_sha256.clone());
+                // Connections outlive certificates: re-check the window per request.
+                if now >= ci.not_after {
+                    id.invalid.push(InvalidCredential {
+                        factor: Factor::Mtls,
+                        reason: format!("client certificate expired at {}", fmt_time(ci.not_after)),
+                    });
+                } else if now < ci.not_before {
+                    id.invalid.push(InvalidCredential {
+                        factor: Factor::Mtls,
+                        reason: "client certificate is not yet valid".to_string(),
+                    });
+                } else {
+                    principals.push((Factor::Mtls, ci.principal.clone()));
+                }
+            }
+            PeerCert::Invalid {
+                reason,
+                serial,
+                fingerprint,
+            } => {
+                details.cert_serial = serial.clone();
+                details.cert_fingerprint = Some(fingerprint.clone());
+                id.invalid.push(InvalidCredential {
+                    factor: Factor::Mtls,
+                    reason: reason.clone(),
+                });
+            }
+        }
+
+        match authorization {
+            [] => {}
+            [one] => match bearer_token(one) {
+                Err(reason) => id.invalid.push(InvalidCredential {
+                    factor: Factor::Jwt,
+                    reason,
+                }),
+                Ok(token) => match &self.jwt {
+                    None => id.invalid.push(InvalidCredential {
+                        factor: Factor::Jwt,
+                        reason: "bearer tokens are not accepted here (no [jwt] configured)"
+                            .to_string(),
+                    }),
+                    Some(v) => match v.verify(token) {
+                        Ok(sub) => principals.push((Factor::Jwt, sub)),
+                        Err(reason) => id.invalid.push(InvalidCredential {
+                            factor: Factor::Jwt,
+                            reason,
+                        }),
+                    },
+                },
+            },
+            _ => id.invalid.push(InvalidCredential {
+                factor: Factor::Jwt,
+                reason: "more than one Authorization header".to_string(),
+            }),
+        }
+
+        // Factors that disagree on who this is prove nothing.
+        if let Some((_, first)) = principals.first() {
+            if principals.iter().any(|(_, p)| p != first) {
+                let names: Vec<String> =
+                    principals.iter().map(|(f, p)| format!("{f}={p}")).collect();
+                for (f, _) in &principals {
+                    id.invalid.push(InvalidCredential {
+                        factor: *f,
+                        reason: format!(
+                            "credentials name different identities ({})",
+                            names.join(", ")
+                        ),
+                    });
+                }
+                return (id, details);
+            }
+            id.principal = Some(first.clone());
+            for (f, _) in &principals {
+                id.verified.insert(*f);
+            }
+        }
+        (id, details)
+    }
+}
+
+fn bearer_token(value: &[u8]) -> Result<&str, String> {
+    let s = std::str::from_utf8(value)
+        .map_err(|_| "Authorization header is not valid UTF-8".to_string())?;
+    let (scheme, rest) = s
+        .split_once(' ')
+        .ok_or("Authorization header is not `Bearer <token>`")?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(format!("unsupported Authorization scheme `{scheme}`"));
+    }
+    let token = rest.trim();
+    if token.is_empty() {
+        return Err("empty bearer token".to_string());
+    }
+    Ok(token)
+}
+
+pub(crate) fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}

@@ -1,0 +1,94 @@
+//! Every answer postern gives on its own (not the upstream's), in one place:
+//! 400, 401 (with `WWW-Authenticate` and a JSON body naming the ways to
+//! authenticate), 403, 404, 413, 502, 504.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use postern_policy::{Factor, FactorSet, InvalidCredential};
+use serde_json::json;
+
+use crate::Body;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn json(status: StatusCode, request_id: &str, value: serde_json::Value) -> Response<Body> {
+    let body = serde_json::to_vec(&value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert("x-postern-request-id", v);
+    }
+    resp
+}
+
+pub fn error(status: StatusCode, request_id: &str, message: &str) -> Response<Body> {
+    json(
+        status,
+        request_id,
+        json!({ "error": message, "request_id": request_id }),
+    )
+}
+
+/// How to satisfy one alternative, in words a client developer can act on.
+fn describe(set: FactorSet) -> String {
+    let parts: Vec<&str> = set
+        .iter()
+        .map(|f| match f {
+            Factor::Mtls => "a client certificate issued by the postern CA (mTLS)",
+            Factor::Jwt => "an `Authorization: Bearer <JWT>` header from the configured issuer",
+        })
+        .collect();
+    if parts.is_empty() {
+        "nothing more".to_string()
+    } else {
+        parts.join(" and ")
+    }
+}
+
+/// 401 with `WWW-Authenticate` for every scheme an alternative accepts.
+pub fn challenge(
+    request_id: &str,
+    accepted: &[FactorSet],
+    invalid: &[InvalidCredential],
+) -> Response<Body> {
+    let how: Vec<String> = accepted.iter().map(|s| describe(*s)).collect();
+    let jwt_invalid = invalid.iter().any(|i| i.factor == Factor::Jwt);
+    let mut body = json!({
+        "error": if invalid.is_empty() { "authentication required" } else { "invalid credentials" },
+        "request_id": request_id,
+        "how_to_authenticate": how,
+    });
+    if !invalid.is_empty() {
+        body["invalid"] = invalid
+            .iter()
+            .map(|i| json!({ "factor": i.factor.as_str(), "reason": i.reason }))
+            .collect();
+    }
+    let mut resp = json(StatusCode::UNAUTHORIZED, request_id, body);
+    let wants_jwt = accepted.iter().any(|s| s.contains(Factor::Jwt));
+    let wants_mtls = accepted.iter().any(|s| s.contains(Factor::Mtls)) || accepted.is_empty();
+    let h = resp.headers_mut();
+    if wants_jwt {
+        let v = if jwt_invalid {
+            r#"Bearer realm="postern", error="invalid_token""#
+        } else {
+            r#"Bearer realm="postern""#
+        };
+        h.append(WWW_AUTHENTICATE, HeaderValue::from_static(v));
+    }
+    if wants_mtls || !wants_jwt {
+        h.append(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"ClientCertificate realm="postern""#),
+        );
+    }
+    resp
+}

@@ -1,0 +1,304 @@
+//! The listener: accept TCP, complete TLS (with a handshake deadline), serve
+//! HTTP/1.1 or HTTP/2 by ALPN, and drain in-flight requests on shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use postern_audit::{AuditEvent, AuditLog, AuditOptions};
+use postern_policy::{Config, Policy};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::authn::{Authenticator, JwtVerifier, PeerCert};
+use crate::service::{handle, ConnInfo};
+use crate::{Runtime, Shared, Upstream};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Jwks(#[from] crate::authn::JwksError),
+    #[error("audit log: {0}")]
+    Audit(String),
+    #[error("upstream `{name}`: {reason}")]
+    Upstream { name: String, reason: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// A gateway that is serving. Dropping it does not stop it; call [`RunningGateway::shutdown`].
+pub struct RunningGateway {
+    pub local_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningGateway {
+    /// Stop accepting, drain in-flight requests (bounded), close the audit log
+    /// with a final checkpoint.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        if let Err(e) = self.shared.audit.close().await {
+            tracing::error!(error = %e, "closing the audit log failed");
+        }
+    }
+}
+
+/// Build the upstream table; `builtin:echo` starts an in-process echo server.
+async fn upstreams(config: &Config) -> Result<HashMap<String, Upstream>, GatewayError> {
+    let mut map = HashMap::new();
+    for u in &config.upstreams {
+        let u = u.get_ref();
+        let url = if u.url == "builtin:echo" {
+            let addr = crate::echo::spawn_echo()
+                .await
+                .map_err(|e| GatewayError::Upstream {
+                    name: u.name.clone(),
+                    reason: e.to_string(),
+                })?;
+            format!("http://{addr}")
+        } else {
+            u.url.clone()
+        };
+        let uri: http::Uri = url.parse().map_err(|e| GatewayError::Upstream {
+            name: u.name.clone(),
+            reason: format!("bad url `{url}`: {e}"),
+        })?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(GatewayError::Upstream {
+                name: u.name.clone(),
+                reason: format!("url `{url}` needs scheme and host"),
+            });
+        };
+        map.insert(u.name.clone(), Upstream { scheme, authority });
+    }
+    Ok(map)
+}
+
+fn upstream_client() -> Result<crate::UpstreamClient, GatewayError> {
+    // System roots for https upstreams; an empty store only means https
+    // upstreams fail verification (502), never that verification is skipped.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| GatewayError::Config(format!("upstream TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector),
+    )
+}
+
+/// Start serving `config` with the compiled `policy`.
+pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, GatewayError> {
+    let tls_cfg = crate::tls::server_config(
+        &config.resolve(&config.tls.cert),
+        &config.resolve(&config.tls.key),
+        &config
+            .tls
+            .client_ca
+            .iter()
+            .map(|p| config.resolve(p))
+            .collect::<Vec<_>>(),
+    )?;
+    let jwt = match &config.jwt {
+        None => None,
+        Some(j) => match (&j.jwks_file, &j.jwks_url) {
+            (Some(f), _) => Some(JwtVerifier::from_file(j, &config.resolve(f))?),
+            (None, Some(url)) => Some(fetch_jwks(j, url).await?),
+            (None, None) => {
+                return Err(GatewayError::Config(
+                    "[jwt] needs jwks_file or jwks_url".to_string(),
+                ))
+            }
+        },
+    };
+    let key_path = config.resolve(&config.audit.signing_key);
+    let key = postern_audit::read_signing_key(&key_path)
+        .map_err(|e| GatewayError::Audit(format!("signing key `{}`: {e}", key_path.display())))?;
+    let opts = AuditOptions {
+        checkpoint_every: config.audit.checkpoint_every,
+        ..AuditOptions::default()
+    };
+    let audit = AuditLog::open(&config.resolve(&config.audit.path), key, opts)
+        .map_err(|e| GatewayError::Audit(e.to_string()))?;
+    let upstreams = upstreams(config).await?;
+    let shared = Arc::new(Shared {
+        runtime: ArcSwap::from_pointee(Runtime { policy, upstreams }),
+        authn: Authenticator { jwt },
+        audit,
+        client: upstream_client()?,
+        trust_domain: config
+            .tls
+            .trust_domain
+            .clone()
+            .unwrap_or_else(|| "postern.local".to_string()),
+        max_body: config.gateway.max_buffered_body_bytes,
+        upstream_timeout: Duration::from_secs(config.gateway.upstream_timeout_secs),
+    });
+    let listener = TcpListener::bind(config.gateway.listen)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: config.gateway.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: config.gateway.listen,
+        source,
+    })?;
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(
+        listener,
+        TlsAcceptor::from(Arc::new(tls_cfg)),
+        shared.clone(),
+        stop_rx,
+    ));
+    Ok(RunningGateway {
+        local_addr,
+        shared,
+        stop,
+        task,
+    })
+}
+
+async fn fetch_jwks(
+    cfg: &postern_policy::config::JwtConfig,
+    url: &str,
+) -> Result<JwtVerifier, GatewayError> {
+    use http_body_util::BodyExt;
+    let fail = |reason: String| {
+        GatewayError::Jwks(crate::authn::JwksError::Fetch {
+            url: url.to_string(),
+            reason,
+        })
+    };
+    let uri: http::Uri = url.parse().map_err(|e| fail(format!("{e}")))?;
+    let client = upstream_client()?;
+    let req = http::Request::get(uri)
+        .body(crate::respond::full(bytes::Bytes::new()))
+        .map_err(|e| fail(e.to_string()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| fail("timed out".to_string()))?
+        .map_err(|e| fail(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(fail(format!("status {}", resp.status())));
+    }
+    let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    Ok(JwtVerifier::new(cfg, &text, url)?)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    handshake_refused(&shared, peer, e.to_string()).await;
+                    return;
+                }
+                Err(_) => return,
+            };
+            let (_, session) = tls.get_ref();
+            let now = OffsetDateTime::now_utc();
+            let cert = PeerCert::from_chain(session.peer_certificates(), &shared.trust_domain, now);
+            let tls_version = match session.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "unknown",
+            };
+            let conn = Arc::new(ConnInfo {
+                peer,
+                cert,
+                tls_version,
+            });
+            let svc = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
+            let fut = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            let _ = watcher.watch(fut.into_owned()).await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not drain within {DRAIN_TIMEOUT:?}");
+    }
+}
+
+/// A handshake the TLS layer refused (bad client chain, expired certificate,
+/// wrong CA): audited, so refused credentials leave a trace.
+async fn handshake_refused(shared: &Shared, peer: SocketAddr, reason: String) {
+    // Plain port scans and clients that hang up are not worth a record.
+    if reason.contains("unexpected end of file") || reason.contains("connection reset") {
+        return;
+    }
+    let mut ev = AuditEvent::new(OffsetDateTime::now_utc(), "handshake");
+    ev.peer = Some(peer.ip().to_string());
+    ev.decision = Some("refused".to_string());
+    ev.reasons = vec![format!("TLS handshake refused: {reason}")];
+    shared.audit.append(ev).await;
+}

@@ -1,0 +1,576 @@
+//! The request pipeline: refuse the ambiguous, normalize, authenticate,
+//! decide, audit, forward.
+//!
+//! ```text
+//! request ─► refuse (400) ─► normalize ─► authenticate ─► decide ─► [verify webhook]
+//!         ─► [audit durably, for opt-outs] ─► forward ─► audit result
+//! ```
+//! Every answer is audited. An opt-out is honoured only after its audit record
+//! is on disk; when the record cannot be written, or the webhook signature
+//! does not verify, the decision falls back to full authentication.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use postern_audit::AuditEvent;
+use postern_policy::{decide, AuthVia, Condition, Decision, Identity, RequestFacts, Verdict};
+use time::OffsetDateTime;
+
+use crate::authn::{CredentialDetails, PeerCert};
+use crate::headers;
+use crate::respond;
+use crate::{Body, Shared};
+
+/// What the gateway knows about a connection, fixed at handshake.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub cert: PeerCert,
+    pub tls_version: &'static str,
+}
+
+/// Per-request context carried into audit records.
+struct Ctx {
+    request_id: String,
+    peer: String,
+    method: String,
+    host: Option<String>,
+    path: Option<String>,
+    identity: Option<String>,
+    auth: Option<String>,
+    creds: CredentialDetails,
+    started: Instant,
+}
+
+impl Ctx {
+    fn event(
+        &self,
+        now: OffsetDateTime,
+        decision: &str,
+        status: u16,
+        d: Option<&Decision>,
+        reasons: Vec<String>,
+    ) -> AuditEvent {
+        let mut ev = AuditEvent::new(now, "decision");
+        ev.request_id = Some(self.request_id.clone());
+        ev.peer = Some(self.peer.clone());
+        ev.method = Some(self.method.clone());
+        ev.host = self.host.clone();
+        ev.path = self.path.clone();
+        ev.identity = self.identity.clone();
+        ev.auth = self.auth.clone();
+        ev.cert_serial = self.creds.cert_serial.clone();
+        ev.cert_fingerprint = self.creds.cert_fingerprint.clone();
+        ev.decision = Some(decision.to_string());
+        ev.status = Some(status);
+        ev.reasons = reasons;
+        if let Some(d) = d {
+            ev.route = d.route.as_deref().map(str::to_string);
+            ev.rule = d.rule.as_deref().map(str::to_string);
+        }
+        ev
+    }
+}
+
+/// Entry point for every request on a connection.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let now = OffsetDateTime::now_utc();
+    let mut ctx = Ctx {
+        request_id: new_request_id(),
+        peer: conn.peer.ip().to_string(),
+        method: req.method().as_str().to_string(),
+        host: None,
+        path: None,
+        identity: None,
+        auth: None,
+        creds: CredentialDetails::default(),
+        started: Instant::now(),
+    };
+    let resp = match pipeline(&shared, &conn, req, now, &mut ctx).await {
+        Ok(resp) => resp,
+        Err(resp) => resp,
+    };
+    Ok(resp)
+}
+
+type Answer = Result<Response<Body>, Response<Body>>;
+
+async fn pipeline(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    now: OffsetDateTime,
+    ctx: &mut Ctx,
+) -> Answer {
+    let (parts, body) = req.into_parts();
+    // 1. Refuse what is ambiguous before anything else looks at it.
+    if let Err(why) = refuse_ambiguous(&parts) {
+        return Err(bad_request(shared, ctx, now, why).await);
+    }
+    let host = match request_host(&parts) {
+        Ok(h) => h,
+        Err(why) => return Err(bad_request(shared, ctx, now, why).await),
+    };
+    ctx.host = Some(host.clone());
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("");
+    let (path, query) = match postern_policy::split_target(target) {
+        Ok((p, q)) => (p, q.map(str::to_string)),
+        Err(e) => return Err(bad_request(shared, ctx, now, format!("ambiguous path: {e}")).await),
+    };
+    ctx.path = Some(path.as_str().to_string());
+
+    // 2. Who is the client, who does it claim to be.
+    let runtime = shared.runtime.load_full();
+    let (client_ip, xff_chain) = headers::client_address(
+        conn.peer.ip(),
+        &parts.headers,
+        runtime.policy.trusted_proxies(),
+    );
+    ctx.peer = client_ip.to_string();
+    let authz: Vec<&[u8]> = parts
+        .headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let (identity, creds) = shared.authn.authenticate(&conn.cert, &authz, now);
+    ctx.creds = creds;
+    ctx.identity = identity.principal.clone();
+    let upgrade = parts.headers.contains_key(UPGRADE);
+
+    // 3. Decide (pure).
+    let facts = RequestFacts {
+        method: parts.method.as_str(),
+        host: &host,
+        path: &path,
+        peer: client_ip,
+        upgrade,
+    };
+    let mut decision = decide(&runtime.policy, &facts, &identity, now);
+
+    // 4. Conditions the core cannot check: the webhook signature over the body.
+    let body = if let Some(Condition::WebhookSignature(spec)) = decision.condition.clone() {
+        let limit = shared.max_body;
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                let ts = header_str(&parts, &spec.timestamp_header);
+                let sig = header_str(&parts, &spec.signature_header);
+                match postern_policy::webhook::verify(&spec, ts, sig, &bytes, now) {
+                    Ok(()) => {
+                        decision.reasons.push(format!(
+                            "webhook signature verified for rule `{}`",
+                            spec.rule
+                        ));
+                        decision.condition = None;
+                    }
+                    Err(e) => {
+                        decision = decision.fall_back(&format!("webhook signature refused: {e}"))
+                    }
+                }
+                ForwardBody::Buffered(bytes)
+            }
+            Err(e) => {
+                let too_large = e
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                let (status, msg) = if too_large {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("body larger than {limit} bytes cannot be verified"),
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the body failed: {e}"),
+                    )
+                };
+                let ev = ctx.event(
+                    now,
+                    "bad_request",
+                    status.as_u16(),
+                    Some(&decision),
+                    vec![msg.clone()],
+                );
+                shared.audit.append(ev).await;
+                return Err(respond::error(status, &ctx.request_id, &msg));
+            }
+        }
+    } else {
+        ForwardBody::Streaming(body)
+    };
+
+    // 5. An opt-out stands only once its audit record is durable (invariant 3).
+    if decision.is_optout() {
+        let rule = decision.rule.as_deref().unwrap_or("").to_string();
+        ctx.auth = Some(format!("optout:{rule}"));
+        let ev = ctx.event(now, "optout", 0, Some(&decision), decision.reasons.clone());
+        let mut ev = ev;
+        ev.status = None;
+        if let Err(e) = shared.audit.append_durable(ev).await {
+            tracing::error!(rule = %rule, error = %e, "audit sink failed: opt-out not honoured, falling back to authentication");
+            decision = decision.fall_back(&format!("audit unavailable, opt-out not honoured: {e}"));
+            ctx.auth = None;
+        }
+    }
+
+    // 6. Act on the verdict.
+    match &decision.verdict {
+        Verdict::NoRoute => {
+            let ev = ctx.event(
+                now,
+                "not_found",
+                404,
+                Some(&decision),
+                decision.reasons.clone(),
+            );
+            shared.audit.append(ev).await;
+            Err(respond::error(
+                StatusCode::NOT_FOUND,
+                &ctx.request_id,
+                "no route",
+            ))
+        }
+        Verdict::Forbidden => {
+            let ev = ctx.event(
+                now,
+                "forbidden",
+                403,
+                Some(&decision),
+                decision.reasons.clone(),
+            );
+            shared.audit.append(ev).await;
+            Err(respond::error(
+                StatusCode::FORBIDDEN,
+                &ctx.request_id,
+                "forbidden",
+            ))
+        }
+        Verdict::Challenge { accepted } => {
+            let ev = ctx.event(
+                now,
+                "challenge",
+                401,
+                Some(&decision),
+                decision.reasons.clone(),
+            );
+            shared.audit.append(ev).await;
+            Err(respond::challenge(
+                &ctx.request_id,
+                accepted,
+                &identity.invalid,
+            ))
+        }
+        Verdict::Allow { via } => {
+            let via = via.clone();
+            if ctx.auth.is_none() {
+                ctx.auth = Some(auth_label(&via));
+            }
+            forward(
+                shared,
+                &runtime,
+                parts,
+                body,
+                &path,
+                query.as_deref(),
+                &decision,
+                &identity,
+                &via,
+                &xff_chain,
+                &host,
+                now,
+                ctx,
+            )
+            .await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    shared: &Arc<Shared>,
+    runtime: &crate::Runtime,
+    mut parts: http::request::Parts,
+    body: ForwardBody,
+    path: &postern_policy::NormalizedPath,
+    query: Option<&str>,
+    decision: &Decision,
+    identity: &Identity,
+    via: &AuthVia,
+    xff_chain: &str,
+    host: &str,
+    now: OffsetDateTime,
+    ctx: &Ctx,
+) -> Answer {
+    let label = if decision.is_optout() {
+        "optout"
+    } else {
+        "allow"
+    };
+    let upstream_name = decision.upstream.as_deref().unwrap_or("");
+    let Some(upstream) = runtime.upstreams.get(upstream_name) else {
+        let msg = format!("route names unknown upstream `{upstream_name}`");
+        let ev = ctx.event(
+            now,
+            "upstream_error",
+            502,
+            Some(decision),
+            vec![msg.clone()],
+        );
+        shared.audit.append(ev).await;
+        return Err(respond::error(
+            StatusCode::BAD_GATEWAY,
+            &ctx.request_id,
+            "bad gateway",
+        ));
+    };
+
+    // The path that matched is the path that is forwarded.
+    let mut pq = String::with_capacity(path.as_str().len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(path.as_str());
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let uri = match Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+    {
+        Ok(u) => u,
+        Err(e) => {
+            return Err(
+                bad_request(shared, ctx, now, format!("cannot build upstream URI: {e}")).await,
+            )
+        }
+    };
+
+    let client_upgrade = if decision.upgrade_allowed {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    headers::sanitize_request(&mut parts.headers, decision.upgrade_allowed);
+    parts.headers.remove(HOST);
+    let h = &mut parts.headers;
+    if let Ok(v) = HeaderValue::from_str(xff_chain) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    if let Ok(v) = HeaderValue::from_str(host) {
+        h.insert("x-forwarded-host", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        h.insert("x-postern-request-id", v);
+    }
+    if let Some(p) = &identity.principal {
+        if let Ok(v) = HeaderValue::from_str(p) {
+            h.insert("x-postern-identity", v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&auth_label(via)) {
+        h.insert("x-postern-auth", v);
+    }
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let body: Body = match body {
+        ForwardBody::Buffered(bytes) => {
+            h.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            respond::full(bytes)
+        }
+        ForwardBody::Streaming(b) => b.map_err(|e| Box::new(e) as crate::BoxError).boxed(),
+    };
+    let upstream_req = Request::from_parts(parts, body);
+
+    let result =
+        tokio::time::timeout(shared.upstream_timeout, shared.client.request(upstream_req)).await;
+    let mut resp = match result {
+        Err(_) => {
+            let msg = format!(
+                "upstream `{upstream_name}` did not answer within {:?}",
+                shared.upstream_timeout
+            );
+            let ev = ctx.event(now, "upstream_error", 504, Some(decision), vec![msg]);
+            shared.audit.append(ev).await;
+            return Err(respond::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                &ctx.request_id,
+                "upstream timed out",
+            ));
+        }
+        Ok(Err(e)) => {
+            let msg = format!("upstream `{upstream_name}` failed: {e}");
+            let ev = ctx.event(now, "upstream_error", 502, Some(decision), vec![msg]);
+            shared.audit.append(ev).await;
+            return Err(respond::error(
+                StatusCode::BAD_GATEWAY,
+                &ctx.request_id,
+                "bad gateway",
+            ));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        // Tunnel only after the upstream agreed, and only where policy allows.
+        match client_upgrade {
+            Some(client_up) => {
+                let upstream_up = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
+                        let mut c = hyper_util::rt::TokioIo::new(c);
+                        let mut u = hyper_util::rt::TokioIo::new(u);
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                    }
+                });
+            }
+            None => {
+                let msg =
+                    "upstream switched protocols on a request that may not upgrade".to_string();
+                let ev = ctx.event(now, "upstream_error", 502, Some(decision), vec![msg]);
+                shared.audit.append(ev).await;
+                return Err(respond::error(
+                    StatusCode::BAD_GATEWAY,
+                    &ctx.request_id,
+                    "bad gateway",
+                ));
+            }
+        }
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    headers::sanitize_response(&mut rparts.headers, switching);
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        rparts.headers.insert("x-postern-request-id", v);
+    }
+    let mut reasons = decision.reasons.clone();
+    reasons.push(format!(
+        "forwarded to `{upstream_name}` in {} µs",
+        ctx.started.elapsed().as_micros()
+    ));
+    let mut ev = ctx.event(now, label, status.as_u16(), Some(decision), reasons);
+    if decision.is_optout() {
+        // The durable record came first; this one carries the outcome.
+        ev.kind = "result";
+    }
+    shared.audit.append(ev).await;
+    Ok(Response::from_parts(
+        rparts,
+        rbody.map_err(|e| Box::new(e) as crate::BoxError).boxed(),
+    ))
+}
+
+fn auth_label(via: &AuthVia) -> String {
+    match via {
+        AuthVia::Authenticated(set) => set.to_string(),
+        AuthVia::OptOut { rule, .. } => format!("optout:{rule}"),
+    }
+}
+
+async fn bad_request(
+    shared: &Shared,
+    ctx: &Ctx,
+    now: OffsetDateTime,
+    why: String,
+) -> Response<Body> {
+    let ev = ctx.event(now, "bad_request", 400, None, vec![why.clone()]);
+    shared.audit.append(ev).await;
+    respond::error(StatusCode::BAD_REQUEST, &ctx.request_id, &why)
+}
+
+/// Requests whose meaning could differ between postern and an upstream.
+fn refuse_ambiguous(req: &http::request::Parts) -> Result<(), String> {
+    let h = &req.headers;
+    if req.method == Method::CONNECT {
+        return Err("CONNECT is not proxied".to_string());
+    }
+    if h.get_all(AUTHORIZATION).iter().count() > 1 {
+        return Err("more than one Authorization header".to_string());
+    }
+    if h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING) {
+        return Err("both Content-Length and Transfer-Encoding (request smuggling)".to_string());
+    }
+    if h.get_all(CONTENT_LENGTH).iter().count() > 1 {
+        return Err("more than one Content-Length".to_string());
+    }
+    if h.contains_key("http2-settings")
+        || h.get_all(UPGRADE)
+            .iter()
+            .any(|v| contains_token(v.as_bytes(), "h2c"))
+    {
+        return Err("h2c upgrades are refused".to_string());
+    }
+    Ok(())
+}
+
+fn contains_token(v: &[u8], token: &str) -> bool {
+    std::str::from_utf8(v)
+        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(true)
+}
+
+/// The host the request is for: the URI authority (HTTP/2, absolute-form)
+/// or the `Host` header; both present and different, or several `Host`
+/// headers, is ambiguous.
+fn request_host(req: &http::request::Parts) -> Result<String, String> {
+    let mut hosts = req.headers.get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header".to_string());
+    }
+    let from_header = match header {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| "Host header is not ASCII".to_string())?
+                .parse::<http::uri::Authority>()
+                .map_err(|_| "Host header is not a valid authority".to_string())?,
+        ),
+        None => None,
+    };
+    let from_uri = req.uri.authority().cloned();
+    let auth = match (from_uri, from_header) {
+        (Some(u), Some(h)) if !u.host().eq_ignore_ascii_case(h.host()) => {
+            return Err("Host header and request target name different hosts".to_string())
+        }
+        (Some(u), _) => u,
+        (None, Some(h)) => h,
+        (None, None) => return Err("no Host".to_string()),
+    };
+    if auth.as_str().contains('@') {
+        return Err("userinfo in the authority".to_string());
+    }
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+    Ok(host.to_ascii_lowercase())
+}
+
+fn header_str<'a>(req: &'a http::request::Parts, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn new_request_id() -> String {
+    let n: u128 = rand::random();
+    format!("{n:032x}")
+}
+
+/// The request body on its way upstream: streamed, or buffered because it
+/// had to be verified before it was forwarded.
+enum ForwardBody {
+    Streaming(Incoming),
+    Buffered(Bytes),
+}

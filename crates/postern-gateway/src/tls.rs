@@ -1,0 +1,97 @@
+//! The TLS listener's configuration: rustls with the aws-lc-rs provider
+//! (post-quantum key exchange preferred), ALPN for HTTP/2 and HTTP/1.1, and
+//! optional client-certificate verification against configured anchors.
+//!
+//! Chain validation is rustls/webpki's job; clients without a certificate are
+//! allowed through the handshake (`allow_unauthenticated`) because opt-out
+//! routes may serve them. Identity, EKU and grant checks happen per request,
+//! where audit records and HTTP answers live.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read `{path}`: {reason}")]
+    Read { path: String, reason: String },
+    #[error("`{path}` holds no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("client CA `{path}` is not a usable trust anchor: {reason}")]
+    BadAnchor { path: String, reason: String },
+    #[error("TLS configuration refused: {0}")]
+    Config(String),
+}
+
+/// The one crypto provider postern uses everywhere.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    let certs = certs.map_err(|e| TlsError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Build the server config. `client_cas` empty: no client certificates requested.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_cas: &[std::path::PathBuf],
+) -> Result<ServerConfig, TlsError> {
+    let provider = provider();
+    let chain = load_certs(cert)?;
+    let key = load_key(key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = if client_cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        for p in client_cas {
+            for c in load_certs(p)? {
+                roots.add(c).map_err(|e| TlsError::BadAnchor {
+                    path: p.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut cfg = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}

@@ -1,0 +1,251 @@
+//! `postern demo`: one command makes a working gateway in one directory.
+//!
+//! The directory is reused when present: the CA, the JWT issuer key, the
+//! webhook secret and the audit key (and so the audit chain) carry over;
+//! short-lived credentials (alice's certificate and token, the server
+//! certificate) and `postern.toml` are made afresh each run.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use postern_pki::{Ca, KeyAlg, Kind};
+use time::{Duration, OffsetDateTime};
+
+pub const TRUST_DOMAIN: &str = "postern.demo";
+pub const ISSUER: &str = "https://issuer.postern.demo";
+pub const AUDIENCE: &str = "postern-demo";
+
+pub async fn run(dir: &Path, listen: SocketAddr) -> Result<()> {
+    let now = OffsetDateTime::now_utc();
+    prepare(dir, listen, now)?;
+    let config_path = dir.join("postern.toml");
+    let (config, policy) = crate::load_policy(&config_path)?;
+    let gw = postern_gateway::start(&config, policy)
+        .await
+        .with_context(|| format!("starting the demo gateway on {listen} (is the port free? try --listen 127.0.0.1:0)"))?;
+    print_guide(dir, gw.local_addr);
+    println!(
+        "postern demo ready on https://localhost:{} (Ctrl-C to stop)",
+        gw.local_addr.port()
+    );
+    crate::shutdown_signal().await;
+    gw.shutdown().await;
+    Ok(())
+}
+
+/// Write every file the demo needs into `dir`.
+pub fn prepare(dir: &Path, listen: SocketAddr, now: OffsetDateTime) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating `{}`", dir.display()))?;
+
+    // The CA persists across runs; everything it issues here is short-lived.
+    let ca = if dir.join("ca.pem").exists() && dir.join("ca.key").exists() {
+        let cert = read(&dir.join("ca.pem"))?;
+        let key = read(&dir.join("ca.key"))?;
+        Ca::from_pem(&cert, &key, TRUST_DOMAIN).context("loading the demo CA")?
+    } else {
+        let ca = Ca::generate_root("postern demo CA", TRUST_DOMAIN, KeyAlg::EcdsaP256, now)
+            .context("making the demo CA")?;
+        write(&dir.join("ca.pem"), ca.cert_pem())?;
+        postern_pki::write_private_key(dir.join("ca.key"), ca.key_pem())
+            .context("writing ca.key")?;
+        ca
+    };
+    let server = ca
+        .issue_server(
+            &["localhost"],
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            Duration::days(30),
+            now,
+        )
+        .context("issuing the server certificate")?;
+    write(&dir.join("server.pem"), &server.cert_pem)?;
+    postern_pki::write_private_key(dir.join("server.key"), &server.key_pem)
+        .context("writing server.key")?;
+    let alice = ca
+        .issue_client("alice", Kind::User, Duration::hours(8), now)
+        .context("issuing alice's certificate")?;
+    write(&dir.join("alice.pem"), &alice.cert_pem)?;
+    postern_pki::write_private_key(dir.join("alice.key"), &alice.key_pem)
+        .context("writing alice.key")?;
+
+    // The demo's own JWT issuer: an Ed25519 key, its JWKS, a token for alice.
+    let jwt_key_path = dir.join("jwt-issuer.key");
+    let jwt_key = if jwt_key_path.exists() {
+        ed25519_dalek::SigningKey::from_pkcs8_pem(&read(&jwt_key_path)?)
+            .context("reading jwt-issuer.key")?
+    } else {
+        let k = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let pem = k
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .context("encoding the JWT issuer key")?;
+        postern_pki::write_private_key(&jwt_key_path, pem.as_str())
+            .context("writing jwt-issuer.key")?;
+        k
+    };
+    let kid = "demo-ed25519-1";
+    let x =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(jwt_key.verifying_key().as_bytes());
+    let jwks = serde_json::json!({ "keys": [ { "kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig" } ] });
+    write(
+        &dir.join("jwks.json"),
+        &serde_json::to_string_pretty(&jwks)?,
+    )?;
+    let token = mint_jwt(&jwt_key, kid, "alice", now, Duration::hours(8))?;
+    write(&dir.join("alice.jwt"), &token)?;
+
+    // Webhook secret and audit key persist (so the chain continues).
+    let secret_path = dir.join("webhook.secret");
+    if !secret_path.exists() {
+        let bytes: [u8; 32] = rand::random();
+        postern_pki::write_private_key(&secret_path, &hex::encode(bytes))
+            .context("writing webhook.secret")?;
+    }
+    let audit_key_path = dir.join("audit.key");
+    let audit_key = if audit_key_path.exists() {
+        postern_audit::read_signing_key(&audit_key_path).context("reading audit.key")?
+    } else {
+        let k = postern_audit::generate_signing_key();
+        postern_audit::write_signing_key(&audit_key_path, &k).context("writing audit.key")?;
+        k
+    };
+    postern_audit::write_verifying_key(&dir.join("audit.pub"), &audit_key.verifying_key())
+        .context("writing audit.pub")?;
+
+    write(&dir.join("postern.toml"), &config_text(listen, now))?;
+    Ok(())
+}
+
+fn mint_jwt(
+    key: &ed25519_dalek::SigningKey,
+    kid: &str,
+    sub: &str,
+    now: OffsetDateTime,
+    ttl: Duration,
+) -> Result<String> {
+    let der = key.to_pkcs8_der().context("encoding the JWT issuer key")?;
+    let enc = jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes());
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid.to_string());
+    let claims = serde_json::json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": sub,
+        "iat": now.unix_timestamp(),
+        "nbf": now.unix_timestamp() - 60,
+        "exp": (now + ttl).unix_timestamp(),
+    });
+    jsonwebtoken::encode(&header, &claims, &enc).context("signing the demo JWT")
+}
+
+/// The demo's policy. Opt-out expiries are 30 days out: within the 90-day
+/// maximum `postern check` enforces.
+pub fn config_text(listen: SocketAddr, now: OffsetDateTime) -> String {
+    let expires = (now + Duration::days(30))
+        .replace_nanosecond(0)
+        .unwrap_or(now)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "2000-01-01T00:00:00Z".to_string());
+    format!(
+        r#"# postern demo configuration (rewritten by each `postern demo` run).
+# Serve it yourself with: postern serve --config postern.toml
+
+[gateway]
+listen = "{listen}"
+
+[tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = ["ca.pem"]
+trust_domain = "{TRUST_DOMAIN}"
+
+[jwt]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+jwks_file = "jwks.json"
+algorithms = ["EdDSA"]
+leeway_secs = 30
+
+[audit]
+path = "audit.jsonl"
+signing_key = "audit.key"
+checkpoint_every = 1000
+
+[[upstream]]
+name = "echo"
+url = "builtin:echo"
+
+[[route]]
+id = "app"
+host = "*"
+path_prefix = "/"
+upstream = "echo"
+require = [["mtls"], ["jwt"]]
+
+# Load balancers probe /healthz from loopback without credentials.
+[[optout]]
+id = "healthz"
+route = "app"
+methods = ["GET", "HEAD"]
+paths = ["/healthz"]
+waive = "all"
+owner = "platform-team"
+reason = "load-balancer health checks cannot present credentials"
+expires = {expires}
+source_cidrs = ["127.0.0.0/8", "::1/128"]
+
+# A third party posts signed webhooks: HMAC-SHA256 over "<timestamp>.<body>".
+[[optout]]
+id = "demo-webhook"
+route = "app"
+methods = ["POST"]
+paths = ["/webhooks/demo"]
+waive = "all"
+owner = "payments-team"
+reason = "the webhook sender signs with a shared secret instead of mTLS"
+expires = {expires}
+
+[optout.webhook]
+secret_file = "webhook.secret"
+signature_header = "x-postern-signature"
+timestamp_header = "x-postern-timestamp"
+tolerance_secs = 300
+"#
+    )
+}
+
+fn print_guide(dir: &Path, addr: SocketAddr) {
+    let d = dir.display();
+    let base = format!("https://localhost:{}", addr.port());
+    println!("postern demo: files in {d}");
+    println!();
+    println!("# 401 without credentials:");
+    println!("curl -si --cacert {d}/ca.pem {base}/private");
+    println!("# 200 as alice with her client certificate (mTLS):");
+    println!("curl -s --cacert {d}/ca.pem --cert {d}/alice.pem --key {d}/alice.key {base}/private");
+    println!("# 200 as alice with her bearer token (JWT):");
+    println!("curl -s --cacert {d}/ca.pem -H \"Authorization: Bearer $(cat {d}/alice.jwt)\" {base}/private");
+    println!("# 200 without credentials: the health-check opt-out (GET/HEAD, loopback only):");
+    println!("curl -si --cacert {d}/ca.pem {base}/healthz");
+    println!("# 200 for a correctly signed webhook, 401 for a wrong or stale signature:");
+    println!(
+        "ts=$(date +%s); body='{{\"event\":\"demo\"}}'; sig=$(printf '%s.%s' \"$ts\" \"$body\" | openssl dgst -sha256 -hmac \"$(cat {d}/webhook.secret)\" -r | cut -d' ' -f1); curl -si --cacert {d}/ca.pem -X POST -H \"x-postern-timestamp: $ts\" -H \"x-postern-signature: sha256=$sig\" --data \"$body\" {base}/webhooks/demo"
+    );
+    println!("# verify the tamper-evident audit log:");
+    println!("cargo run --release -q -- audit verify {d}/audit.jsonl --key {d}/audit.pub");
+    println!();
+}
+
+fn read(p: &Path) -> Result<String> {
+    fs::read_to_string(p).with_context(|| format!("reading `{}`", p.display()))
+}
+
+fn write(p: &Path, text: &str) -> Result<()> {
+    // Write-then-rename so a crash never leaves a half-written file.
+    let tmp = p.with_extension("tmp");
+    fs::write(&tmp, text).with_context(|| format!("writing `{}`", tmp.display()))?;
+    fs::rename(&tmp, p).with_context(|| format!("writing `{}`", p.display()))
+}
