@@ -351,3 +351,155 @@ pub(crate) fn fmt_time(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const ISS: &str = "https://issuer.test";
+    const AUD: &str = "postern-test";
+
+    struct Issuer {
+        key: ed25519_dalek::SigningKey,
+        jwks: String,
+    }
+
+    fn issuer() -> Issuer {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
+        let jwks = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA"}]}).to_string();
+        Issuer { key, jwks }
+    }
+
+    fn config(algs: &[&str]) -> JwtConfig {
+        let algs = algs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+        toml::from_str(&format!("issuer = \"{ISS}\"\naudience = \"{AUD}\"\njwks_file = \"x\"\nalgorithms = [{algs}]\nleeway_secs = 5\n")).unwrap()
+    }
+
+    fn claims(exp_offset: i64) -> serde_json::Value {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        serde_json::json!({"iss": ISS, "aud": AUD, "sub": "alice", "exp": now + exp_offset, "nbf": now - 60})
+    }
+
+    fn sign(i: &Issuer, claims: &serde_json::Value, kid: Option<&str>) -> String {
+        let der = i.key.to_pkcs8_der().unwrap();
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(&h, claims, &EncodingKey::from_ed_der(der.as_bytes())).unwrap()
+    }
+
+    fn b64(v: &serde_json::Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn a_valid_token_yields_its_subject() {
+        let i = issuer();
+        let v = JwtVerifier::new(&config(&["EdDSA"]), &i.jwks, "test").unwrap();
+        assert_eq!(v.verify(&sign(&i, &claims(300), Some("k1"))).unwrap(), "alice");
+    }
+
+    #[test]
+    fn expired_wrong_audience_and_wrong_issuer_tokens_are_refused() {
+        let i = issuer();
+        let v = JwtVerifier::new(&config(&["EdDSA"]), &i.jwks, "test").unwrap();
+        assert!(v.verify(&sign(&i, &claims(-120), Some("k1"))).is_err());
+        let mut c = claims(300);
+        c["aud"] = "someone-else".into();
+        assert!(v.verify(&sign(&i, &c, Some("k1"))).is_err());
+        let mut c = claims(300);
+        c["iss"] = "https://evil.test".into();
+        assert!(v.verify(&sign(&i, &c, Some("k1"))).is_err());
+        let mut c = claims(300);
+        c.as_object_mut().unwrap().remove("exp");
+        assert!(v.verify(&sign(&i, &c, Some("k1"))).is_err(), "exp is required");
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let i = issuer();
+        let v = JwtVerifier::new(&config(&["EdDSA"]), &i.jwks, "test").unwrap();
+        let token = format!("{}.{}.", b64(&serde_json::json!({"alg": "none", "kid": "k1"})), b64(&claims(300)));
+        assert!(v.verify(&token).is_err());
+    }
+
+    #[test]
+    fn hmac_signed_with_the_public_key_is_refused() {
+        // The classic confusion: sign HS256 with the issuer's *public* key bytes.
+        let i = issuer();
+        let v = JwtVerifier::new(&config(&["EdDSA"]), &i.jwks, "test").unwrap();
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        let public = i.key.verifying_key().to_bytes();
+        let token = jsonwebtoken::encode(&h, &claims(300), &EncodingKey::from_secret(&public)).unwrap();
+        let err = v.verify(&token).unwrap_err();
+        assert!(err.contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn hmac_and_none_are_not_configurable() {
+        let i = issuer();
+        assert!(matches!(JwtVerifier::new(&config(&["HS256"]), &i.jwks, "t"), Err(JwksError::BadAlgorithm(_))));
+        assert!(matches!(JwtVerifier::new(&config(&["none"]), &i.jwks, "t"), Err(JwksError::BadAlgorithm(_))));
+    }
+
+    #[test]
+    fn a_key_whose_algorithm_is_not_allowed_is_not_used() {
+        let i = issuer();
+        // Only RS256 allowed: the Ed25519 key is unusable, so the set is refused.
+        assert!(matches!(JwtVerifier::new(&config(&["RS256"]), &i.jwks, "t"), Err(JwksError::NoUsableKey { .. })));
+    }
+
+    #[test]
+    fn an_unknown_kid_is_refused() {
+        let i = issuer();
+        let v = JwtVerifier::new(&config(&["EdDSA"]), &i.jwks, "test").unwrap();
+        assert!(v.verify(&sign(&i, &claims(300), Some("other"))).is_err());
+    }
+
+    #[test]
+    fn two_authorization_values_and_disagreeing_factors_are_invalid() {
+        let i = issuer();
+        let a = Authenticator {
+            jwt: Some(JwtVerifier::new(&config(&["EdDSA"]), &i.jwks, "test").unwrap()),
+        };
+        let now = OffsetDateTime::now_utc();
+        let token = format!("Bearer {}", sign(&i, &claims(300), Some("k1")));
+        let (id, _) = a.authenticate(&PeerCert::None, &[token.as_bytes()], now);
+        assert_eq!(id.principal.as_deref(), Some("alice"));
+        assert!(id.verified.contains(Factor::Jwt));
+        let (id, _) = a.authenticate(&PeerCert::None, &[token.as_bytes(), token.as_bytes()], now);
+        assert!(id.principal.is_none());
+        assert_eq!(id.invalid.len(), 1);
+
+        let mut c = claims(300);
+        c["sub"] = "mallory".into();
+        let other = format!("Bearer {}", sign(&i, &c, Some("k1")));
+        let ca = postern_pki::Ca::generate_root("t", "postern.test", postern_pki::KeyAlg::EcdsaP256, now).unwrap();
+        let alice = ca.issue_client("alice", postern_pki::Kind::User, time::Duration::hours(1), now).unwrap();
+        let cert = PeerCert::Valid(postern_pki::client_identity(&alice.cert_der, "postern.test", now).unwrap());
+        let (id, _) = a.authenticate(&cert, &[other.as_bytes()], now);
+        assert!(id.principal.is_none(), "mTLS alice + JWT mallory proves nothing");
+        assert!(id.verified.is_empty());
+        assert_eq!(id.invalid.len(), 2);
+        let (id, _) = a.authenticate(&cert, &[token.as_bytes()], now);
+        assert_eq!(id.principal.as_deref(), Some("alice"));
+        assert!(id.verified.contains(Factor::Mtls) && id.verified.contains(Factor::Jwt));
+    }
+
+    #[test]
+    fn a_certificate_that_expired_during_the_connection_is_invalid() {
+        let now = OffsetDateTime::now_utc();
+        let ca = postern_pki::Ca::generate_root("t", "postern.test", postern_pki::KeyAlg::EcdsaP256, now).unwrap();
+        let alice = ca.issue_client("alice", postern_pki::Kind::User, time::Duration::hours(1), now).unwrap();
+        let cert = PeerCert::Valid(postern_pki::client_identity(&alice.cert_der, "postern.test", now).unwrap());
+        let a = Authenticator { jwt: None };
+        let (id, _) = a.authenticate(&cert, &[], now + time::Duration::hours(2));
+        assert!(id.principal.is_none());
+        assert_eq!(id.invalid.len(), 1);
+        assert!(id.invalid[0].reason.contains("expired"));
+    }
+}

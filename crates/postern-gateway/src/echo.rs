@@ -1,6 +1,7 @@
 //! A tiny echo upstream (`url = "builtin:echo"`): answers every request with
 //! JSON `{"method", "path", "query", "headers"}`, headers as it received
-//! them. It is a real HTTP/1.1 server on loopback, so the demo exercises the
+//! them; an `Upgrade` request is answered 101 and its bytes echoed back.
+//! It is a real HTTP/1.1 server on loopback, so the demo exercises the
 //! same proxy path as production.
 
 use std::convert::Infallible;
@@ -36,7 +37,24 @@ pub async fn spawn_echo() -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // An upgrade request: agree (101), then echo bytes back on the raw connection.
+    if let Some(proto) = req.headers().get(http::header::UPGRADE).cloned() {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let io = TokioIo::new(upgraded);
+                let (mut r, mut w) = tokio::io::split(io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert(http::header::UPGRADE, proto);
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        return Ok(resp);
+    }
     let mut headers = Map::new();
     for (name, value) in req.headers() {
         let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
