@@ -369,13 +369,18 @@ mod tests {
 
     fn issuer() -> Issuer {
         let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
+        let x =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
         let jwks = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA"}]}).to_string();
         Issuer { key, jwks }
     }
 
     fn config(algs: &[&str]) -> JwtConfig {
-        let algs = algs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+        let algs = algs
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         toml::from_str(&format!("issuer = \"{ISS}\"\naudience = \"{AUD}\"\njwks_file = \"x\"\nalgorithms = [{algs}]\nleeway_secs = 5\n")).unwrap()
     }
 
@@ -399,7 +404,10 @@ mod tests {
     fn a_valid_token_yields_its_subject() {
         let i = issuer();
         let v = JwtVerifier::new(&config(&["EdDSA"]), &i.jwks, "test").unwrap();
-        assert_eq!(v.verify(&sign(&i, &claims(300), Some("k1"))).unwrap(), "alice");
+        assert_eq!(
+            v.verify(&sign(&i, &claims(300), Some("k1"))).unwrap(),
+            "alice"
+        );
     }
 
     #[test]
@@ -415,14 +423,21 @@ mod tests {
         assert!(v.verify(&sign(&i, &c, Some("k1"))).is_err());
         let mut c = claims(300);
         c.as_object_mut().unwrap().remove("exp");
-        assert!(v.verify(&sign(&i, &c, Some("k1"))).is_err(), "exp is required");
+        assert!(
+            v.verify(&sign(&i, &c, Some("k1"))).is_err(),
+            "exp is required"
+        );
     }
 
     #[test]
     fn alg_none_is_refused() {
         let i = issuer();
         let v = JwtVerifier::new(&config(&["EdDSA"]), &i.jwks, "test").unwrap();
-        let token = format!("{}.{}.", b64(&serde_json::json!({"alg": "none", "kid": "k1"})), b64(&claims(300)));
+        let token = format!(
+            "{}.{}.",
+            b64(&serde_json::json!({"alg": "none", "kid": "k1"})),
+            b64(&claims(300))
+        );
         assert!(v.verify(&token).is_err());
     }
 
@@ -434,7 +449,8 @@ mod tests {
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("k1".into());
         let public = i.key.verifying_key().to_bytes();
-        let token = jsonwebtoken::encode(&h, &claims(300), &EncodingKey::from_secret(&public)).unwrap();
+        let token =
+            jsonwebtoken::encode(&h, &claims(300), &EncodingKey::from_secret(&public)).unwrap();
         let err = v.verify(&token).unwrap_err();
         assert!(err.contains("does not match"), "{err}");
     }
@@ -442,15 +458,24 @@ mod tests {
     #[test]
     fn hmac_and_none_are_not_configurable() {
         let i = issuer();
-        assert!(matches!(JwtVerifier::new(&config(&["HS256"]), &i.jwks, "t"), Err(JwksError::BadAlgorithm(_))));
-        assert!(matches!(JwtVerifier::new(&config(&["none"]), &i.jwks, "t"), Err(JwksError::BadAlgorithm(_))));
+        assert!(matches!(
+            JwtVerifier::new(&config(&["HS256"]), &i.jwks, "t"),
+            Err(JwksError::BadAlgorithm(_))
+        ));
+        assert!(matches!(
+            JwtVerifier::new(&config(&["none"]), &i.jwks, "t"),
+            Err(JwksError::BadAlgorithm(_))
+        ));
     }
 
     #[test]
     fn a_key_whose_algorithm_is_not_allowed_is_not_used() {
         let i = issuer();
         // Only RS256 allowed: the Ed25519 key is unusable, so the set is refused.
-        assert!(matches!(JwtVerifier::new(&config(&["RS256"]), &i.jwks, "t"), Err(JwksError::NoUsableKey { .. })));
+        assert!(matches!(
+            JwtVerifier::new(&config(&["RS256"]), &i.jwks, "t"),
+            Err(JwksError::NoUsableKey { .. })
+        ));
     }
 
     #[test]
@@ -478,11 +503,29 @@ mod tests {
         let mut c = claims(300);
         c["sub"] = "mallory".into();
         let other = format!("Bearer {}", sign(&i, &c, Some("k1")));
-        let ca = postern_pki::Ca::generate_root("t", "postern.test", postern_pki::KeyAlg::EcdsaP256, now).unwrap();
-        let alice = ca.issue_client("alice", postern_pki::Kind::User, time::Duration::hours(1), now).unwrap();
-        let cert = PeerCert::Valid(postern_pki::client_identity(&alice.cert_der, "postern.test", now).unwrap());
+        let ca = postern_pki::Ca::generate_root(
+            "t",
+            "postern.test",
+            postern_pki::KeyAlg::EcdsaP256,
+            now,
+        )
+        .unwrap();
+        let alice = ca
+            .issue_client(
+                "alice",
+                postern_pki::Kind::User,
+                time::Duration::hours(1),
+                now,
+            )
+            .unwrap();
+        let cert = PeerCert::Valid(
+            postern_pki::client_identity(&alice.cert_der, "postern.test", now).unwrap(),
+        );
         let (id, _) = a.authenticate(&cert, &[other.as_bytes()], now);
-        assert!(id.principal.is_none(), "mTLS alice + JWT mallory proves nothing");
+        assert!(
+            id.principal.is_none(),
+            "mTLS alice + JWT mallory proves nothing"
+        );
         assert!(id.verified.is_empty());
         assert_eq!(id.invalid.len(), 2);
         let (id, _) = a.authenticate(&cert, &[token.as_bytes()], now);
@@ -493,9 +536,24 @@ mod tests {
     #[test]
     fn a_certificate_that_expired_during_the_connection_is_invalid() {
         let now = OffsetDateTime::now_utc();
-        let ca = postern_pki::Ca::generate_root("t", "postern.test", postern_pki::KeyAlg::EcdsaP256, now).unwrap();
-        let alice = ca.issue_client("alice", postern_pki::Kind::User, time::Duration::hours(1), now).unwrap();
-        let cert = PeerCert::Valid(postern_pki::client_identity(&alice.cert_der, "postern.test", now).unwrap());
+        let ca = postern_pki::Ca::generate_root(
+            "t",
+            "postern.test",
+            postern_pki::KeyAlg::EcdsaP256,
+            now,
+        )
+        .unwrap();
+        let alice = ca
+            .issue_client(
+                "alice",
+                postern_pki::Kind::User,
+                time::Duration::hours(1),
+                now,
+            )
+            .unwrap();
+        let cert = PeerCert::Valid(
+            postern_pki::client_identity(&alice.cert_der, "postern.test", now).unwrap(),
+        );
         let a = Authenticator { jwt: None };
         let (id, _) = a.authenticate(&cert, &[], now + time::Duration::hours(2));
         assert!(id.principal.is_none());

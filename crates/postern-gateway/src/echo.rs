@@ -51,8 +51,10 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
         resp.headers_mut().insert(http::header::UPGRADE, proto);
-        resp.headers_mut()
-            .insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
         return Ok(resp);
     }
     let mut headers = Map::new();

@@ -553,22 +553,41 @@ async fn upgrade_is_tunnelled_only_after_the_upstream_agrees_where_the_route_all
     d.stop().await;
     let cfg = d.path("postern.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let text = text.replace("require = [[\"mtls\"], [\"jwt\"]]", "require = [[\"mtls\"], [\"jwt\"]]\nallow_upgrade = true");
+    let text = text.replace(
+        "require = [[\"mtls\"], [\"jwt\"]]",
+        "require = [[\"mtls\"], [\"jwt\"]]\nallow_upgrade = true",
+    );
     std::fs::write(&cfg, text).unwrap();
     let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
     let d = Demo::start_in(dir).await;
     let c = d.client();
 
     // Anonymous: no tunnel, a challenge.
-    let r = c.get(None, "/ws", &[("Upgrade", "websocket"), ("Connection", "Upgrade")]).await;
+    let r = c
+        .get(
+            None,
+            "/ws",
+            &[("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        )
+        .await;
     assert_eq!(r.status, 401);
     // The health-check opt-out does not allow upgrades.
-    let r = c.get(None, "/healthz", &[("Upgrade", "websocket"), ("Connection", "Upgrade")]).await;
+    let r = c
+        .get(
+            None,
+            "/healthz",
+            &[("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        )
+        .await;
     assert_eq!(r.status, 403);
 
     // Alice on a route that allows it: 101, then bytes flow both ways.
     let mut tls = c.connect(Some(&d.alice())).await;
-    tls.write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").await.unwrap();
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -579,7 +598,10 @@ async fn upgrade_is_tunnelled_only_after_the_upstream_agrees_where_the_route_all
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     tls.write_all(b"ping through the tunnel").await.unwrap();
     let mut buf = [0u8; 23];
-    tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_exact(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf, b"ping through the tunnel");
 }
 
@@ -587,8 +609,21 @@ async fn upgrade_is_tunnelled_only_after_the_upstream_agrees_where_the_route_all
 async fn a_certificate_from_another_ca_is_refused_at_the_handshake_and_audited() {
     let mut d = Demo::start().await;
     let now = time::OffsetDateTime::now_utc();
-    let other = postern_pki::Ca::generate_root("other CA", "postern.demo", postern_pki::KeyAlg::EcdsaP256, now).unwrap();
-    let mallory = other.issue_client("alice", postern_pki::Kind::User, time::Duration::hours(1), now).unwrap();
+    let other = postern_pki::Ca::generate_root(
+        "other CA",
+        "postern.demo",
+        postern_pki::KeyAlg::EcdsaP256,
+        now,
+    )
+    .unwrap();
+    let mallory = other
+        .issue_client(
+            "alice",
+            postern_pki::Kind::User,
+            time::Duration::hours(1),
+            now,
+        )
+        .unwrap();
     std::fs::write(d.path("mallory.pem"), &mallory.cert_pem).unwrap();
     std::fs::write(d.path("mallory.key"), &mallory.key_pem).unwrap();
     let creds = Creds::load(&d.path("mallory.pem"), &d.path("mallory.key"));
@@ -596,17 +631,30 @@ async fn a_certificate_from_another_ca_is_refused_at_the_handshake_and_audited()
     let cfg = std::sync::Arc::new(c.tls_config(Some(&creds), &[b"http/1.1"]));
     let tcp = tokio::net::TcpStream::connect(d.addr).await.unwrap();
     let res = tokio_rustls::TlsConnector::from(cfg)
-        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
         .await;
     // TLS 1.3: the client may learn of the refusal only on its first read.
     if let Ok(mut tls) = res {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let _ = tls.write_all(b"GET /private HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+        let _ = tls
+            .write_all(b"GET /private HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await;
         let mut buf = Vec::new();
         let r = tls.read_to_end(&mut buf).await;
-        assert!(r.is_err() || buf.is_empty(), "a foreign certificate got an answer: {}", String::from_utf8_lossy(&buf));
+        assert!(
+            r.is_err() || buf.is_empty(),
+            "a foreign certificate got an answer: {}",
+            String::from_utf8_lossy(&buf)
+        );
     }
     d.stop().await;
     let log = std::fs::read_to_string(d.path("audit.jsonl")).unwrap();
-    assert!(log.lines().any(|l| l.contains("\"kind\":\"handshake\"") && l.contains("refused")), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"kind\":\"handshake\"") && l.contains("refused")),
+        "{log}"
+    );
 }
