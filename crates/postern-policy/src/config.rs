@@ -28,6 +28,10 @@ pub struct Config {
     pub routes: Vec<Spanned<RouteConfig>>,
     #[serde(default, rename = "optout")]
     pub optouts: Vec<Spanned<OptOutConfig>>,
+    /// Signed review of opt-out changes: when present, the policy loads only
+    /// with a quorum of reviewer approvals over its opt-out digest.
+    #[serde(default)]
+    pub review: Option<ReviewConfig>,
 
     /// The file this was read from (set by the loader, not by TOML).
     #[serde(skip)]
@@ -136,6 +140,14 @@ pub struct AuditConfig {
 
 fn default_checkpoint_every() -> u64 {
     1000
+}
+
+/// `[review]`: who must approve opt-out changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewConfig {
+    /// The reviewers file (`reviewers.toml`), relative to the config file.
+    pub reviewers: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
