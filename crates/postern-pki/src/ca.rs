@@ -270,6 +270,42 @@ impl Ca {
         })
     }
 
+    /// A new intermediate CA signed by this one, `basicConstraints CA:TRUE, pathlen:0`
+    /// (critical: it can issue end-entity certificates only), `keyUsage keyCertSign, cRLSign`,
+    /// validity `[now - 60s, now + validity]`, which must end before this CA's.
+    ///
+    /// Refused when this CA's own path length constraint is 0. An intermediate keeps the root
+    /// key offline: only the intermediate's key needs to live on the issuing host.
+    pub fn issue_intermediate(
+        &self,
+        common_name: &str,
+        trust_domain: &str,
+        alg: KeyAlg,
+        validity: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Ca, PkiError> {
+        let cert = parse_cert(&self.cert_der, "ca certificate")?;
+        let path_len = cert
+            .basic_constraints()
+            .map_err(|e| cert_error("ca certificate", e))?
+            .and_then(|bc| bc.value.path_len_constraint);
+        if path_len == Some(0) {
+            return Err(PkiError::NotACa(
+                "its path length constraint (pathlen:0) forbids intermediates",
+            ));
+        }
+        Self::generate(
+            &CaSpec {
+                common_name,
+                trust_domain,
+                alg,
+                validity,
+                now,
+            },
+            Some(self),
+        )
+    }
+
     /// Loads a CA from its certificate (PEM) and PKCS#8 private key (PEM).
     ///
     /// Refuses a certificate that is not a CA, a `keyUsage` without `keyCertSign`, a key that
@@ -354,6 +390,37 @@ impl Ca {
         &self.issuer
     }
 
+    /// Signs a CRL (RFC 5280 §5, v2) listing `revoked`, with the CRL number and authority key
+    /// identifier extensions RFC 5280 requires. The AKI repeats this CA's subject key
+    /// identifier so verifiers match the CRL to the CA.
+    pub(crate) fn sign_crl(
+        &self,
+        revoked: Vec<rcgen::RevokedCertParams>,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        crl_number: u64,
+    ) -> Result<Vec<u8>, PkiError> {
+        let cert = parse_cert(&self.cert_der, "ca certificate")?;
+        let ski = cert
+            .iter_extensions()
+            .find_map(|ext| match ext.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                    Some(id.0.to_vec())
+                }
+                _ => None,
+            });
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: whole_seconds(this_update),
+            next_update: whole_seconds(next_update),
+            crl_number: SerialNumber::from_slice(&crl_number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: ski
+                .map_or(rcgen::KeyIdMethod::Sha256, rcgen::KeyIdMethod::PreSpecified),
+        };
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+    }
+
     /// A server certificate: `extendedKeyUsage serverAuth` only, SAN DNS names and IP
     /// addresses, `CN=<first DNS name>`, validity `[now - 60s, now + ttl]`, fresh key of the
     /// CA's algorithm.
@@ -364,6 +431,18 @@ impl Ca {
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<CertifiedKey, PkiError> {
+        let (issued, key_pem) = self.issue_server_keyed(dns, ips, ttl, now)?;
+        Ok(issued.into_certified(key_pem))
+    }
+
+    /// [`Ca::issue_server`], keeping the serial and expiry for the issuance index.
+    pub(crate) fn issue_server_keyed(
+        &self,
+        dns: &[&str],
+        ips: &[IpAddr],
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<(IssuedCertificate, String), PkiError> {
         let (mut params, not_after) = self.leaf_params(ttl, now)?;
         let mut sans = Vec::with_capacity(dns.len() + ips.len());
         for name in dns {
@@ -379,7 +458,7 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let key = self.alg.generate()?;
         let issued = self.sign_leaf(&params, &key, &[], not_after)?;
-        Ok(issued.into_certified(private_key_pem(&key)?))
+        Ok((issued, private_key_pem(&key)?))
     }
 
     /// A client certificate for `name`: `extendedKeyUsage clientAuth` only, SAN URI
@@ -408,9 +487,19 @@ impl Ca {
         req: &ClientCertRequest,
         now: OffsetDateTime,
     ) -> Result<CertifiedKey, PkiError> {
+        let (issued, key_pem) = self.issue_client_keyed(req, now)?;
+        Ok(issued.into_certified(key_pem))
+    }
+
+    /// [`Ca::issue_client_with`], keeping the serial and expiry for the issuance index.
+    pub(crate) fn issue_client_keyed(
+        &self,
+        req: &ClientCertRequest,
+        now: OffsetDateTime,
+    ) -> Result<(IssuedCertificate, String), PkiError> {
         let key = self.alg.generate()?;
         let issued = self.issue_client_for_key(&key, req, now)?;
-        Ok(issued.into_certified(private_key_pem(&key)?))
+        Ok((issued, private_key_pem(&key)?))
     }
 
     /// Signs a client certificate for the key in a PKCS#10 certificate signing request (PEM).

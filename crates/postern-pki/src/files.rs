@@ -49,9 +49,24 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()
     result.map_err(|e| PkiError::io(path, e))
 }
 
+/// Creates `path` exclusively (fails with `AlreadyExists` if anything is there) with `mode`,
+/// writes `contents` and syncs file and directory. Used for files that must never replace
+/// an existing one, such as a new CA's key.
+pub(crate) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    let run = || -> std::io::Result<()> {
+        let mut file = create_new(path, mode)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+            _ => Ok(()),
+        }
+    };
+    run().map_err(|e| PkiError::io(path, e))
+}
+
 /// Appends one line to `path` (created with `mode` if absent) and syncs it, so an issuance
 /// recorded in the index survives a crash right after the certificate is handed out.
-#[allow(dead_code)] // used by the issuance index next
 pub(crate) fn append_line(path: &Path, line: &str, mode: u32) -> Result<(), PkiError> {
     let run = || -> std::io::Result<()> {
         let mut options = OpenOptions::new();

@@ -17,6 +17,12 @@
 //! them). Requesters may bring their own key in a CSR ([`Ca::sign_client_csr`]); the CA
 //! still decides every name in the certificate.
 //!
+//! [`CaStore`] keeps a CA in a directory with its lifetime policy (`max_ttl`, enforced on every
+//! issuance), an append-only issuance index (so `revoke_identity("alice")` finds every live
+//! certificate alice holds), the revocation list (`revoked.json`) and a CRL re-signed at each
+//! revocation, for `WebPkiClientVerifier::with_crls`. It can also hold an intermediate CA
+//! (pathlen 0) under an offline root.
+//!
 //! Everything that depends on the clock takes `now` as an argument: no function here reads
 //! the system clock, so every behaviour is testable at any instant.
 
@@ -28,7 +34,9 @@ mod files;
 mod grant;
 mod identity;
 mod pem;
+mod revocation;
 mod spiffe;
+mod store;
 
 pub use ca::{
     Ca, CertifiedKey, ClientCertRequest, IssuedCertificate, KeyAlg, Kind, CLOCK_SKEW_ALLOWANCE,
@@ -40,3 +48,10 @@ pub use files::write_private_key;
 pub use grant::{grants_from_cert, session_started_at, Grant, MAX_GRANTS_PAYLOAD};
 pub use identity::{client_identity, fingerprint_sha256, ClientIdentity};
 pub use pem::{cert_der_from_pem, certs_from_pem, crls_from_pem, private_key_from_pem};
+pub use revocation::{
+    normalize_serial, IssuedRecord, RevocationList, RevocationReason, RevokedCert,
+};
+pub use store::{
+    CaInitOptions, CaStore, CRL_LIFETIME, DEFAULT_MAX_TTL, DEFAULT_TTL, INTERMEDIATE_VALIDITY,
+    MAX_TTL_CEILING,
+};
