@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod explain;
+pub mod policy_cmd;
 
 use std::path::Path;
 
@@ -26,6 +27,9 @@ pub fn load_policy(path: &Path) -> anyhow::Result<(Config, Policy)> {
     match Policy::compile(&config, OffsetDateTime::now_utc()) {
         Ok((policy, warnings)) => {
             print_diagnostics(&warnings);
+            if let Some(status) = policy_cmd::enforce(&config)? {
+                tracing::info!("{}", status.verification.summary());
+            }
             Ok((config, policy))
         }
         Err(diags) => {

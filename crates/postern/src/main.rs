@@ -42,6 +42,11 @@ enum Command {
     },
     /// Show what the gateway would decide for a request, and why.
     Explain(explain::ExplainArgs),
+    /// Signed review of opt-out changes: keygen, digest, approve, verify, diff.
+    Policy {
+        #[command(subcommand)]
+        command: postern::policy_cmd::PolicyCommand,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -97,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify { file, key },
         } => audit_verify(&file, &key),
+        Command::Policy { command } => postern::policy_cmd::run(command),
     }
 }
 
