@@ -658,3 +658,60 @@ async fn a_certificate_from_another_ca_is_refused_at_the_handshake_and_audited()
         "{log}"
     );
 }
+
+/// An upstream that answers after `delay`.
+async fn slow_upstream(delay: std::time::Duration) -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"slow")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
+    let mut d = Demo::start().await;
+    d.stop().await;
+    let up = slow_upstream(std::time::Duration::from_millis(600)).await;
+    let cfg = d.path("postern.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("builtin:echo", &format!("http://{up}"));
+    std::fs::write(&cfg, text).unwrap();
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+    let mut d = Demo::start_in(dir).await;
+    let c = std::sync::Arc::new(d.client());
+    let alice = std::sync::Arc::new(d.alice());
+    let in_flight = {
+        let (c, alice) = (c.clone(), alice.clone());
+        tokio::spawn(async move { c.get(Some(&alice), "/slow", &[]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let addr = d.addr;
+    d.stop().await;
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        r.status, 200,
+        "the in-flight request completed during shutdown"
+    );
+    assert_eq!(r.body, b"slow");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
