@@ -26,6 +26,8 @@
 //! Everything that depends on the clock takes `now` as an argument: no function here reads
 //! the system clock, so every behaviour is testable at any instant.
 
+#![warn(missing_docs)]
+
 mod ca;
 mod csr;
 mod error;
