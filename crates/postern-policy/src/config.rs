@@ -32,6 +32,12 @@ pub struct Config {
     /// with a quorum of reviewer approvals over its opt-out digest.
     #[serde(default)]
     pub review: Option<ReviewConfig>,
+    /// The admin listener (metrics); absent: no admin listener.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Alert sinks (webhooks).
+    #[serde(default, rename = "alert")]
+    pub alerts: Vec<AlertConfig>,
 
     /// The file this was read from (set by the loader, not by TOML).
     #[serde(skip)]
@@ -90,6 +96,107 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_upstream_timeout() -> u64 {
     30
+}
+
+/// `[admin]`: plain HTTP on loopback, `GET /metrics` (Prometheus text format).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// Events an alert sink may subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertEventKind {
+    /// An opt-out was used (subject to `optout_mode`).
+    Optout,
+    /// A policy was loaded or refused.
+    Policy,
+    /// The audit sink failed; an opt-out fell back to authentication.
+    AuditFailure,
+    /// A revoked, expired or otherwise invalid credential was presented.
+    CredentialRefused,
+    /// An opt-out rule is 7 days or 1 day from its expiry.
+    RuleExpiry,
+}
+
+/// When an opt-out use raises an alert (counted per rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptOutAlertMode {
+    /// Every use.
+    #[default]
+    Every,
+    /// The first use per rule in each `window_secs`.
+    FirstPerWindow,
+    /// Once per minute in which a rule is used more than `rate_per_min` times.
+    Rate,
+}
+
+/// A per-rule override of an alert sink's opt-out mode (`[alert.rule.<id>]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptOutAlertRule {
+    pub optout_mode: OptOutAlertMode,
+    pub window_secs: Option<u64>,
+    pub rate_per_min: Option<u32>,
+}
+
+/// `[[alert]]`: a webhook receiving JSON (with a Slack-compatible `text`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// `http://…` or `https://…`.
+    pub url: String,
+    /// Events sent to this sink; empty: all of them.
+    #[serde(default)]
+    pub events: Vec<AlertEventKind>,
+    #[serde(default)]
+    pub optout_mode: OptOutAlertMode,
+    #[serde(default = "default_alert_window")]
+    pub window_secs: u64,
+    #[serde(default = "default_alert_rate")]
+    pub rate_per_min: u32,
+    /// Per-rule overrides of `optout_mode`, keyed by opt-out rule id.
+    #[serde(default)]
+    pub rule: std::collections::BTreeMap<String, OptOutAlertRule>,
+    /// Per-attempt timeout.
+    #[serde(default = "default_alert_timeout")]
+    pub timeout_ms: u64,
+    /// Attempts per alert (1 = no retry); backoff doubles from `backoff_ms`.
+    #[serde(default = "default_alert_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_alert_backoff")]
+    pub backoff_ms: u64,
+    /// Alerts waiting for this sink; beyond it they are dropped (and counted).
+    #[serde(default = "default_alert_queue")]
+    pub queue_size: usize,
+}
+
+fn default_alert_queue() -> usize {
+    1024
+}
+
+fn default_alert_window() -> u64 {
+    3600
+}
+fn default_alert_rate() -> u32 {
+    60
+}
+fn default_alert_timeout() -> u64 {
+    5000
+}
+fn default_alert_attempts() -> u32 {
+    4
+}
+fn default_alert_backoff() -> u64 {
+    250
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 
 use crate::factor::{Factor, FactorSet};
 use crate::normalize::NormalizedPath;
-use crate::policy::{Policy, WebhookSpec};
+use crate::policy::{alternatives_text, Policy, WebhookSpec};
 
 /// What the gateway observed about a request, before authentication.
 #[derive(Debug, Clone)]
@@ -290,12 +290,7 @@ pub fn decide(
         }
         Some(rest) => {
             reasons.push(if rest.is_empty() {
-                format!(
-                    "opt-out rule `{}` waives {waived} (owner {}: {})",
-                    rule.id,
-                    rule.owner(),
-                    rule.reason()
-                )
+                rule.waives_text.to_string()
             } else {
                 format!(
                     "opt-out rule `{}` waives {waived}; {rest} verified (owner {}: {})",
@@ -361,17 +356,17 @@ fn authenticate(route: &crate::policy::Route, identity: &Identity) -> (Verdict, 
                 route.id
             ),
         ),
-        None => (
-            Verdict::Challenge {
-                accepted: route.require.to_vec(),
-            },
-            format!(
-                "route `{}` requires {}; verified: {}",
-                route.id,
-                alternatives_text(&route.require),
-                identity.verified
-            ),
-        ),
+        None => {
+            let mut why = String::with_capacity(route.requires_text.len() + 8);
+            why.push_str(&route.requires_text);
+            why.push_str(&identity.verified.to_string());
+            (
+                Verdict::Challenge {
+                    accepted: route.require.to_vec(),
+                },
+                why,
+            )
+        }
     }
 }
 
@@ -399,15 +394,4 @@ fn principal_text(identity: &Identity) -> String {
         Some(p) => format!("`{p}`"),
         None => "an unnamed principal".to_string(),
     }
-}
-
-fn alternatives_text(alts: &[FactorSet]) -> String {
-    let mut out = String::new();
-    for (i, a) in alts.iter().enumerate() {
-        if i > 0 {
-            out.push_str(" or ");
-        }
-        out.push_str(&a.to_string());
-    }
-    out
 }

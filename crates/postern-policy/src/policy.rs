@@ -86,6 +86,8 @@ pub struct Route {
     identities: Option<HashSet<String>>,
     identities_sorted: Option<Vec<String>>,
     allow_upgrade: bool,
+    /// "route `x` requires a or b; verified: " (reason text, built once).
+    pub(crate) requires_text: Box<str>,
 }
 
 impl Route {
@@ -230,6 +232,8 @@ pub struct OptOutRule {
     time_window: Option<TimeWindow>,
     pub(crate) webhook: Option<Arc<WebhookSpec>>,
     pub(crate) allow_upgrade: bool,
+    /// "opt-out rule `x` waives f (owner o: r)" (reason text, built once).
+    pub(crate) waives_text: Box<str>,
 }
 
 impl OptOutRule {
@@ -491,15 +495,16 @@ impl Policy {
         path: &NormalizedPath,
     ) -> impl Iterator<Item = &'a OptOutRule> + 'a {
         let index = self.optout_index.get(route).and_then(|m| m.get(method));
-        let mut ids: Vec<usize> = Vec::new();
+        let mut exact: &[usize] = &[];
+        // Allocates only when some `prefix/**` node is on the path.
+        let mut prefix_hits: Vec<&'a [usize]> = Vec::new();
         if let Some(index) = index {
-            if let Some(exact) = index.exact.get(path.as_str()) {
-                ids.extend_from_slice(exact);
+            if let Some(ids) = index.exact.get(path.as_str()) {
+                exact = ids;
             }
             // Walk the trie; a `prefix/**` node matches when at least one more
             // segment follows it. Deeper nodes are longer prefixes: collect
             // per depth, then take the deepest first.
-            let mut prefix_hits: Vec<&[usize]> = Vec::new();
             let mut node = &index.prefix;
             for seg in path.segments() {
                 if let Some(v) = &node.value {
@@ -510,11 +515,11 @@ impl Policy {
                     None => break,
                 }
             }
-            for hit in prefix_hits.into_iter().rev() {
-                ids.extend_from_slice(hit);
-            }
         }
-        ids.into_iter().filter_map(move |i| self.optouts.get(i))
+        exact
+            .iter()
+            .chain(prefix_hits.into_iter().rev().flatten())
+            .filter_map(move |&i| self.optouts.get(i))
     }
 }
 
@@ -901,6 +906,11 @@ impl<'a> Compiler<'a> {
             });
             let id: Arc<str> = Arc::from(cfg.id.as_str());
             ids.insert(id.clone(), routes.len());
+            let requires_text = format!(
+                "route `{id}` requires {}; verified: ",
+                alternatives_text(&require)
+            )
+            .into();
             routes.push(Route {
                 id,
                 host: Arc::from(host.as_str()),
@@ -910,6 +920,7 @@ impl<'a> Compiler<'a> {
                 identities: cfg.identities.as_ref().map(|l| l.iter().cloned().collect()),
                 identities_sorted,
                 allow_upgrade: cfg.allow_upgrade,
+                requires_text,
             });
         }
         (routes, ids)
@@ -1097,6 +1108,8 @@ impl<'a> Compiler<'a> {
             let expires_text = expires
                 .format(&Rfc3339)
                 .unwrap_or_else(|_| expires.to_string());
+            let waives_text =
+                format!("opt-out rule `{id}` waives {waive} (owner {owner}: {reason})").into();
             out.push(OptOutRule {
                 id: Arc::from(id.as_str()),
                 route: route.id.clone(),
@@ -1111,6 +1124,7 @@ impl<'a> Compiler<'a> {
                 time_window,
                 webhook,
                 allow_upgrade: cfg.allow_upgrade,
+                waives_text,
             });
         }
         out
@@ -1573,6 +1587,18 @@ impl<'a> Compiler<'a> {
         _field: String,
     ) {
     }
+}
+
+/// `a or b or c`, for reasons.
+pub(crate) fn alternatives_text(alts: &[FactorSet]) -> String {
+    let mut out = String::new();
+    for (i, a) in alts.iter().enumerate() {
+        if i > 0 {
+            out.push_str(" or ");
+        }
+        out.push_str(&a.to_string());
+    }
+    out
 }
 
 fn unknown_factor(name: &str) -> String {
