@@ -3,10 +3,11 @@
 //! by the pure core in `postern-policy`; this crate gathers facts, acts on
 //! the decision, and writes the audit record.
 
+pub mod alerts;
 pub mod authn;
 pub mod echo;
 pub mod headers;
-pub mod reload;
+pub mod metrics;
 pub mod respond;
 pub mod server;
 pub mod service;
@@ -55,6 +56,8 @@ pub struct Shared {
     pub trust_domain: String,
     pub max_body: usize,
     pub upstream_timeout: Duration,
+    pub metrics: Arc<metrics::Metrics>,
+    pub alerts: alerts::Alerts,
 }
 
 impl Shared {

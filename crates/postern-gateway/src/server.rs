@@ -47,6 +47,8 @@ pub enum GatewayError {
 /// A gateway that is serving. Dropping it does not stop it; call [`RunningGateway::shutdown`].
 pub struct RunningGateway {
     pub local_addr: SocketAddr,
+    /// The admin (metrics) listener, when `[admin]` is configured.
+    pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -158,6 +160,11 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
     let audit = AuditLog::open(&config.resolve(&config.audit.path), key, opts)
         .map_err(|e| GatewayError::Audit(e.to_string()))?;
     let upstreams = upstreams(config).await?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    metrics.set_server_cert(&config.resolve(&config.tls.cert));
+    metrics.policy_loaded(OffsetDateTime::now_utc());
+    let alerts = crate::alerts::Alerts::start(&config.alerts, upstream_client()?, metrics.clone())
+        .map_err(GatewayError::Config)?;
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(Runtime { policy, upstreams }),
         authn: Authenticator { jwt },
@@ -170,6 +177,8 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
             .unwrap_or_else(|| "postern.local".to_string()),
         max_body: config.gateway.max_buffered_body_bytes,
         upstream_timeout: Duration::from_secs(config.gateway.upstream_timeout_secs),
+        metrics,
+        alerts,
     });
     let listener = TcpListener::bind(config.gateway.listen)
         .await
@@ -182,6 +191,29 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
         source,
     })?;
     let (stop, stop_rx) = watch::channel(false);
+    if !config.alerts.is_empty() {
+        tokio::spawn(crate::alerts::expiry_task(
+            Arc::downgrade(&shared),
+            stop_rx.clone(),
+        ));
+    }
+    let admin_addr = match &config.admin {
+        None => None,
+        Some(admin) => {
+            let (l, addr) = crate::metrics::bind_admin(admin.listen)
+                .await
+                .map_err(|source| GatewayError::Bind {
+                    addr: admin.listen,
+                    source,
+                })?;
+            tokio::spawn(crate::metrics::serve_admin(
+                l,
+                shared.clone(),
+                stop_rx.clone(),
+            ));
+            Some(addr)
+        }
+    };
     let task = tokio::spawn(accept_loop(
         listener,
         TlsAcceptor::from(Arc::new(tls_cfg)),
@@ -190,6 +222,7 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
     ));
     Ok(RunningGateway {
         local_addr,
+        admin_addr,
         shared,
         stop,
         task,
@@ -301,4 +334,5 @@ async fn handshake_refused(shared: &Shared, peer: SocketAddr, reason: String) {
     ev.decision = Some("refused".to_string());
     ev.reasons = vec![format!("TLS handshake refused: {reason}")];
     shared.audit.append(ev).await;
+    crate::alerts::handshake_refused(shared, peer, &reason);
 }

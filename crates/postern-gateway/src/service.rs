@@ -47,6 +47,8 @@ struct Ctx {
     auth: Option<String>,
     creds: CredentialDetails,
     started: Instant,
+    /// The last audited `(decision, route)`: the final answer, for metrics.
+    outcome: std::sync::Mutex<Option<(String, String)>>,
 }
 
 impl Ctx {
@@ -71,6 +73,10 @@ impl Ctx {
         ev.decision = Some(decision.to_string());
         ev.status = Some(status);
         ev.reasons = reasons;
+        if let Ok(mut o) = self.outcome.lock() {
+            let route = d.and_then(|d| d.route.as_deref()).unwrap_or("");
+            *o = Some((decision.to_string(), route.to_string()));
+        }
         if let Some(d) = d {
             ev.route = d.route.as_deref().map(str::to_string);
             ev.rule = d.rule.as_deref().map(str::to_string);
@@ -96,11 +102,17 @@ pub async fn handle(
         auth: None,
         creds: CredentialDetails::default(),
         started: Instant::now(),
+        outcome: std::sync::Mutex::new(None),
     };
     let resp = match pipeline(&shared, &conn, req, now, &mut ctx).await {
         Ok(resp) => resp,
         Err(resp) => resp,
     };
+    if let Ok(mut o) = ctx.outcome.lock() {
+        if let Some((decision, route)) = o.take() {
+            shared.metrics.request(&decision, &route);
+        }
+    }
     Ok(resp)
 }
 
@@ -161,7 +173,12 @@ async fn pipeline(
         peer: client_ip,
         upgrade,
     };
+    let decide_started = Instant::now();
     let mut decision = decide(&runtime.policy, &facts, &identity, now);
+    shared
+        .metrics
+        .decision_duration
+        .observe(decide_started.elapsed());
 
     // 4. Conditions the core cannot check: the webhook signature over the body.
     let body = if let Some(Condition::WebhookSignature(spec)) = decision.condition.clone() {
@@ -222,7 +239,28 @@ async fn pipeline(
         let ev = ctx.event(now, "optout", 0, Some(&decision), decision.reasons.clone());
         let mut ev = ev;
         ev.status = None;
-        if let Err(e) = shared.audit.append_durable(ev).await {
+        let write_started = Instant::now();
+        let written = shared.audit.append_durable(ev).await;
+        shared
+            .metrics
+            .audit_write_duration
+            .observe(write_started.elapsed());
+        if let Ok(seq) = written {
+            shared.metrics.optout_used(&rule);
+            shared.alerts.optout_used(
+                &rule,
+                &ctx.request_id,
+                seq,
+                ctx.identity.as_deref(),
+                &ctx.peer,
+                ctx.path.as_deref(),
+            );
+        }
+        if let Err(e) = written {
+            shared.metrics.audit_failure();
+            shared
+                .alerts
+                .audit_failure(&rule, &ctx.request_id, &ctx.peer, &e.to_string());
             tracing::error!(rule = %rule, error = %e, "audit sink failed: opt-out not honoured, falling back to authentication");
             decision = decision.fall_back(&format!("audit unavailable, opt-out not honoured: {e}"));
             ctx.auth = None;
@@ -270,6 +308,18 @@ async fn pipeline(
                 decision.reasons.clone(),
             );
             shared.audit.append(ev).await;
+            if !identity.invalid.is_empty() {
+                shared.alerts.credential_refused(
+                    Some(&ctx.request_id),
+                    &ctx.peer,
+                    ctx.identity.as_deref(),
+                    identity
+                        .invalid
+                        .iter()
+                        .map(|c| format!("{} credential invalid: {}", c.factor, c.reason))
+                        .collect(),
+                );
+            }
             Err(respond::challenge(
                 &ctx.request_id,
                 accepted,

@@ -28,6 +28,11 @@ pub async fn run(dir: &Path, listen: SocketAddr) -> Result<()> {
         .await
         .with_context(|| format!("starting the demo gateway on {listen} (is the port free? try --listen 127.0.0.1:0)"))?;
     print_guide(dir, gw.local_addr);
+    if let Some(admin) = gw.admin_addr {
+        println!("# Prometheus metrics (opt-out uses, decisions, latencies, expiries):");
+        println!("curl -s http://{admin}/metrics");
+        println!();
+    }
     println!(
         "postern demo ready on https://localhost:{} (Ctrl-C to stop)",
         gw.local_addr.port()
@@ -155,6 +160,11 @@ pub fn config_text(listen: SocketAddr, now: OffsetDateTime) -> String {
 
 [gateway]
 listen = "{listen}"
+
+# Prometheus metrics (plain HTTP, loopback only): GET /metrics.
+# Port 0 picks a free port; the demo prints the URL.
+[admin]
+listen = "127.0.0.1:0"
 
 [tls]
 cert = "server.pem"

@@ -117,6 +117,9 @@ async fn serve(path: &Path) -> anyhow::Result<()> {
     let (config, policy) = load_policy(path)?;
     let gw = postern_gateway::start(&config, policy).await?;
     tracing::info!(addr = %gw.local_addr, "postern is serving");
+    if let Some(admin) = gw.admin_addr {
+        tracing::info!("metrics on http://{admin}/metrics");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     gw.shutdown().await;
