@@ -37,6 +37,16 @@ impl NormalizedPath {
         &self.0
     }
 
+    /// Wrap a string already known to be in normal form (built from
+    /// normalized parts by this crate).
+    pub(crate) fn new_unchecked(s: String) -> NormalizedPath {
+        debug_assert_eq!(
+            normalize_path(&s).as_ref().map(NormalizedPath::as_str),
+            Ok(s.as_str())
+        );
+        NormalizedPath(s)
+    }
+
     /// The path as an owned string (what is forwarded upstream).
     pub fn into_string(self) -> String {
         self.0

@@ -608,7 +608,6 @@ impl<'a> Compiler<'a> {
         self.jwt();
         let upstreams = self.upstreams();
         let (routes, route_ids) = self.routes(&upstreams);
-        let optouts = self.optouts(&routes, &route_ids);
 
         let mut routes_by_host: HashMap<Box<str>, SegmentTrie<usize>> = HashMap::new();
         let mut routes_any_host = SegmentTrie::default();
@@ -624,6 +623,14 @@ impl<'a> Compiler<'a> {
                 *slot = Some(i);
             }
         }
+        let route_of = |host: &str, path: &NormalizedPath| -> Option<usize> {
+            routes_by_host
+                .get(host)
+                .and_then(|t| t.longest_prefix(path.segments()))
+                .or_else(|| routes_any_host.longest_prefix(path.segments()))
+                .copied()
+        };
+        let optouts = self.optouts(&routes, &route_ids, &route_of);
 
         let mut optout_index: Vec<HashMap<Box<str>, RuleIndex>> =
             routes.iter().map(|_| HashMap::new()).collect();
@@ -1007,6 +1014,7 @@ impl<'a> Compiler<'a> {
         &mut self,
         routes: &[Route],
         route_ids: &HashMap<Arc<str>, usize>,
+        route_of: &dyn Fn(&str, &NormalizedPath) -> Option<usize>,
     ) -> Vec<OptOutRule> {
         let mut out = Vec::new();
         let mut seen_ids: HashSet<&str> = HashSet::new();
@@ -1057,6 +1065,9 @@ impl<'a> Compiler<'a> {
 
             let methods = self.methods(&cfg.methods, f("methods"));
             let paths = self.patterns(&cfg.paths, route, f("paths"));
+            if let (Some(route), Some(paths)) = (route, &paths) {
+                self.shadowed_patterns(route, routes, paths, &cfg.paths, f("paths"), route_of);
+            }
             let waive = self.waive(&cfg.waive, route, f("waive"));
             let owner = self.required_text(
                 cfg.owner.as_ref(),
@@ -1229,6 +1240,39 @@ impl<'a> Compiler<'a> {
             out.push(pattern);
         }
         ok.then_some(out)
+    }
+
+    /// A pattern whose paths a more specific route takes can never apply:
+    /// rules only match on their own route. Warn, so nobody believes a
+    /// path is exempt when it is not.
+    fn shadowed_patterns(
+        &mut self,
+        route: &Route,
+        routes: &[Route],
+        paths: &[PathPattern],
+        span: &Spanned<Vec<String>>,
+        field: String,
+        route_of: &dyn Fn(&str, &NormalizedPath) -> Option<usize>,
+    ) {
+        for pattern in paths {
+            let probe = match pattern {
+                PathPattern::Exact(p) => p.clone(),
+                PathPattern::Prefix(p) => NormalizedPath::new_unchecked(format!("{p}/")),
+            };
+            let Some(other) = route_of(&route.host, &probe).and_then(|i| routes.get(i)) else {
+                continue;
+            };
+            if other.id != route.id {
+                self.warn(
+                    Some(span.span()),
+                    field.clone(),
+                    format!(
+                        "`{pattern}` is routed to route `{}`, not `{}`: this pattern never applies",
+                        other.id, route.id
+                    ),
+                );
+            }
+        }
     }
 
     fn waive(

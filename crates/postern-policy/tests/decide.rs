@@ -587,7 +587,15 @@ fn optout_rules_stay_on_their_route() {
         .replace("path_prefix = \"/\"", "path_prefix = \"/api\"");
     // The rule is on `app` but names a path that `api` covers: it never applies.
     let rule = optout("h", r#"["GET"]"#, r#"["/api/health"]"#, "");
-    let p = policy(&format!("{APP_ROUTE}{api}{rule}"));
+    let text = format!("{APP_ROUTE}{api}{rule}");
+    let w = warnings(&text);
+    assert!(
+        w.iter()
+            .any(|d| d.message.contains("routed to route `api`")),
+        "{}",
+        render(&w)
+    );
+    let p = policy(&text);
     let d = Req::new("GET", "/api/health").run(&p, &anon(), NOW);
     assert_eq!(d.route.as_deref(), Some("api"));
     assert!(!d.is_optout());
