@@ -8,6 +8,7 @@ pub mod authn;
 pub mod echo;
 pub mod headers;
 pub mod metrics;
+pub mod reload;
 pub mod respond;
 pub mod server;
 pub mod service;
