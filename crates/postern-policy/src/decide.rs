@@ -31,7 +31,9 @@ use crate::policy::{alternatives_text, Policy, WebhookSpec};
 pub struct RequestFacts<'a> {
     /// Request method as sent, e.g. `GET` (case-sensitive per RFC 9110).
     pub method: &'a str,
-    /// Host without port, lower-cased by the gateway.
+    /// Host without port, lower-cased by the gateway (a trailing dot is
+    /// ignored). Route hosts are compiled lower-case, so an upper-case host
+    /// here finds only the `*` routes.
     pub host: &'a str,
     /// The normalized path: the one matched and the one forwarded.
     pub path: &'a NormalizedPath,

@@ -462,6 +462,9 @@ impl Policy {
     }
 
     pub(crate) fn find_route_index(&self, host: &str, path: &NormalizedPath) -> Option<usize> {
+        // `example.com.` is the same host as `example.com` (absolute DNS
+        // name); without this it would silently fall to the `*` routes.
+        let host = host.strip_suffix('.').unwrap_or(host);
         self.routes_by_host
             .get(host)
             .and_then(|t| t.longest_prefix(path.segments()))
@@ -681,7 +684,11 @@ impl<'a> Compiler<'a> {
             upstreams,
             webhook_headers,
         };
-        (policy, self.diagnostics)
+        // File order, for `postern check`; the sort is stable, so problems
+        // found at the same place keep the order they were found in.
+        let mut diagnostics = self.diagnostics;
+        diagnostics.sort_by_key(|d| (d.line, d.column));
+        (policy, diagnostics)
     }
 
     fn trusted_proxies(&mut self) -> Vec<IpNet> {

@@ -176,6 +176,18 @@ fn exact_host_beats_wildcard_and_longest_prefix_wins() {
 }
 
 #[test]
+fn trailing_dot_host_is_the_same_host() {
+    let admin = APP_ROUTE
+        .replace("id = \"app\"", "id = \"admin\"")
+        .replace("host = \"*\"", "host = \"admin.example\"");
+    let p = policy(&format!("{APP_ROUTE}{admin}"));
+    let d = Req::new("GET", "/")
+        .host("admin.example.")
+        .run(&p, &anon(), NOW);
+    assert_eq!(d.route.as_deref(), Some("admin"));
+}
+
+#[test]
 fn exact_host_routes_fall_through_to_wildcard_for_uncovered_paths() {
     let routes = format!(
         "{APP_ROUTE}{}",
