@@ -128,11 +128,12 @@ impl Metrics {
         self.audit_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A policy was loaded (at start or by a reload); returns its generation (1, 2, …).
-    pub fn policy_loaded(&self, at: OffsetDateTime) -> u64 {
+    /// A policy started serving: `generation` 0 is the one loaded at start,
+    /// each successful reload counts one up (as `reload::ReloadOutcome::generation`).
+    pub fn policy_loaded(&self, generation: u64, at: OffsetDateTime) {
         self.policy_load_ts
             .store(at.unix_timestamp(), Ordering::Relaxed);
-        self.policy_generation.fetch_add(1, Ordering::Relaxed) + 1
+        self.policy_generation.store(generation, Ordering::Relaxed);
     }
 
     pub fn policy_generation(&self) -> u64 {
@@ -227,7 +228,7 @@ impl Metrics {
         gauge(
             &mut out,
             "postern_policy_generation",
-            "Policies loaded since start (1 = the policy loaded at start).",
+            "Policy generation serving (0 = the policy loaded at start, +1 per successful reload).",
             self.policy_generation.load(Ordering::Relaxed) as f64,
         );
         gauge(

@@ -162,7 +162,7 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
     let upstreams = upstreams(config).await?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
     metrics.set_server_cert(&config.resolve(&config.tls.cert));
-    metrics.policy_loaded(OffsetDateTime::now_utc());
+    metrics.policy_loaded(0, OffsetDateTime::now_utc());
     let alerts = crate::alerts::Alerts::start(&config.alerts, upstream_client()?, metrics.clone())
         .map_err(GatewayError::Config)?;
     let shared = Arc::new(Shared {

@@ -151,7 +151,7 @@ async fn metrics_show_every_series_and_promtool_accepts_them() {
     );
     assert!(text.contains("postern_audit_write_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
     assert_eq!(value(&text, "postern_audit_failures_total"), Some(0.0));
-    assert_eq!(value(&text, "postern_policy_generation"), Some(1.0));
+    assert_eq!(value(&text, "postern_policy_generation"), Some(0.0));
     let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
     let loaded = value(&text, "postern_policy_load_timestamp_seconds").unwrap();
     assert!((now - loaded).abs() < 120.0, "{loaded}");
