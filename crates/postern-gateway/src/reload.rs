@@ -144,9 +144,13 @@ pub fn spawn_reloader(
     let trigger = Arc::new(Notify::new());
     let (status_tx, status) = watch::channel(ReloadOutcome::default());
     let (stop, stop_rx) = watch::channel(false);
+    // Pin and stamp now, before returning: a change made right after this
+    // call is then a change, never the baseline.
+    let (state, record) = initial_state(&shared, config_path);
     let task = tokio::spawn(run(
         shared,
-        config_path,
+        state,
+        record,
         opts,
         trigger.clone(),
         status_tx,
@@ -162,14 +166,17 @@ pub fn spawn_reloader(
 
 async fn run(
     shared: Arc<Shared>,
-    config_path: PathBuf,
+    mut state: State,
+    record: AuditEvent,
     opts: ReloadOptions,
     trigger: Arc<Notify>,
     status: watch::Sender<ReloadOutcome>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut state = initial_state(&shared, config_path).await;
     let mut last = state.stamps();
+    if let Err(e) = shared.audit.append_durable(record).await {
+        tracing::error!(error = %e, "auditing the initial policy load failed");
+    }
     let mut pending = false;
 
     #[cfg(unix)]
@@ -227,8 +234,8 @@ async fn run(
 }
 
 /// Pin the reviewers and remember the built-in upstreams of the policy the
-/// gateway started with, and audit that load.
-async fn initial_state(shared: &Shared, config_path: PathBuf) -> State {
+/// gateway started with; the audit record of that load.
+fn initial_state(shared: &Shared, config_path: PathBuf) -> (State, AuditEvent) {
     let mut state = State {
         config_path,
         pinned: None,
@@ -266,10 +273,7 @@ async fn initial_state(shared: &Shared, config_path: PathBuf) -> State {
         }
     }
     ev.extra = Some(extra);
-    if let Err(e) = shared.audit.append_durable(ev).await {
-        tracing::error!(error = %e, "auditing the initial policy load failed");
-    }
-    state
+    (state, ev)
 }
 
 /// A candidate that passed every check but the swap.

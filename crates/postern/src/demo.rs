@@ -27,6 +27,11 @@ pub async fn run(dir: &Path, listen: SocketAddr) -> Result<()> {
     let gw = postern_gateway::start(&config, policy)
         .await
         .with_context(|| format!("starting the demo gateway on {listen} (is the port free? try --listen 127.0.0.1:0)"))?;
+    let reloader = postern_gateway::reload::spawn_reloader(
+        gw.shared.clone(),
+        config_path.clone(),
+        postern_gateway::reload::ReloadOptions::default(),
+    );
     print_guide(dir, gw.local_addr);
     if let Some(admin) = gw.admin_addr {
         println!("# Prometheus metrics (opt-out uses, decisions, latencies, expiries):");
@@ -38,6 +43,7 @@ pub async fn run(dir: &Path, listen: SocketAddr) -> Result<()> {
         gw.local_addr.port()
     );
     crate::shutdown_signal().await;
+    reloader.stop().await;
     gw.shutdown().await;
     Ok(())
 }
@@ -121,7 +127,49 @@ pub fn prepare(dir: &Path, listen: SocketAddr, now: OffsetDateTime) -> Result<()
         .context("writing audit.pub")?;
 
     write(&dir.join("postern.toml"), &config_text(listen, now))?;
+    sign_demo_policy(dir, now)?;
     Ok(())
+}
+
+/// The demo's two reviewers (keys persist across runs), `reviewers.toml`
+/// with quorum 2, and an approvals file in which both sign the current
+/// opt-out digest, so the demo policy loads.
+fn sign_demo_policy(dir: &Path, now: OffsetDateTime) -> Result<()> {
+    use postern_review::reviewers::{read_signing_key, write_keypair};
+    let mut reviewers = String::from(
+        "# Who must approve opt-out changes (postern policy approve), and how many.\nquorum = 2\n",
+    );
+    let mut keys = Vec::new();
+    for (id, name) in [
+        ("reviewer-1", "Demo Reviewer One"),
+        ("reviewer-2", "Demo Reviewer Two"),
+    ] {
+        let key_path = dir.join(format!("{id}.key"));
+        let key = if key_path.exists() {
+            read_signing_key(&key_path)?
+        } else {
+            let k = postern_review::reviewers::generate_key();
+            write_keypair(&dir.join(id), &k)?;
+            k
+        };
+        reviewers.push_str(&format!(
+            "\n[[reviewer]]\nid = \"{id}\"\nname = \"{name}\"\npublic_key = \"{}\"\n",
+            hex::encode(key.verifying_key().to_bytes())
+        ));
+        keys.push((id, key));
+    }
+    write(&dir.join("reviewers.toml"), &reviewers)?;
+    let config_path = dir.join("postern.toml");
+    let config = postern_policy::Config::load(&config_path).map_err(|d| {
+        crate::print_diagnostics(&d);
+        anyhow::anyhow!("the demo config does not parse")
+    })?;
+    let digest = postern_review::digest(&config);
+    let approvals: String = keys
+        .iter()
+        .map(|(id, key)| postern_review::Approval::sign(key, id, &digest, now).to_line() + "\n")
+        .collect();
+    write(&postern_review::approvals_path(&config_path), &approvals)
 }
 
 fn mint_jwt(
@@ -183,6 +231,11 @@ leeway_secs = 30
 path = "audit.jsonl"
 signing_key = "audit.key"
 checkpoint_every = 1000
+
+# Opt-out changes load only with 2 of the reviewers' signatures over the
+# opt-out digest (postern.toml.approvals). Try: postern policy verify --config postern.toml
+[review]
+reviewers = "reviewers.toml"
 
 [[upstream]]
 name = "echo"

@@ -120,8 +120,14 @@ async fn serve(path: &Path) -> anyhow::Result<()> {
     if let Some(admin) = gw.admin_addr {
         tracing::info!("metrics on http://{admin}/metrics");
     }
+    let reloader = postern_gateway::reload::spawn_reloader(
+        gw.shared.clone(),
+        path.to_path_buf(),
+        postern_gateway::reload::ReloadOptions::default(),
+    );
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
+    reloader.stop().await;
     gw.shutdown().await;
     Ok(())
 }
