@@ -314,3 +314,63 @@ async fn a_dead_receiver_neither_slows_requests_nor_goes_uncounted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn an_audit_failure_falls_back_and_alerts() {
+    let (addr, mut rx) = receiver().await;
+    let d = demo_with(&format!(
+        "\n[[alert]]\nurl = \"http://{addr}/\"\nevents = [\"audit_failure\"]\n"
+    ))
+    .await;
+    // The operator makes the log read-only: opt-outs must not be honoured.
+    use std::os::unix::fs::PermissionsExt;
+    let log = d.path("audit.jsonl");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let r = d.client().get(None, "/healthz", &[]).await;
+    assert_eq!(r.status, 401, "the opt-out falls back to authentication");
+    let a = next_alert(&mut rx, "audit_failure").await;
+    assert_eq!(a["rule"], "healthz");
+    assert_eq!(
+        a["request_id"],
+        r.header("x-postern-request-id").unwrap_or_default()
+    );
+    let text = scrape(&d).await;
+    assert!(
+        value(&text, "postern_audit_failures_total").unwrap() >= 1.0,
+        "{text}"
+    );
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+#[tokio::test]
+async fn a_rule_near_expiry_alerts_once() {
+    let (addr, mut rx) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    postern::demo::prepare(dir.path(), "127.0.0.1:0".parse().unwrap(), now).unwrap();
+    let cfg = dir.path().join("postern.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    // The healthz rule expires in 3 days: inside the 7-day warning.
+    let soon = (now + time::Duration::days(3))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (head, tail) = text.split_once("id = \"healthz\"").unwrap();
+    let (before, after) = tail.split_once("expires = ").unwrap();
+    let after = after.split_once('\n').unwrap().1;
+    let text = format!(
+        "{head}id = \"healthz\"{before}expires = {soon}\n{after}\n[[alert]]\nurl = \"http://{addr}/\"\nevents = [\"rule_expiry\"]\n"
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let d = Demo::start_in(dir).await;
+    let a = next_alert(&mut rx, "rule_expiry").await;
+    assert_eq!(a["rule"], "healthz", "{a}");
+    assert!(a["text"].as_str().unwrap().contains("7 days"), "{a}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "one warning, not one per rule check"
+    );
+    drop(d);
+}
