@@ -88,6 +88,7 @@ fn bench_decide(c: &mut Criterion) {
         principal: Some("alice".into()),
         verified: FactorSet::EMPTY.with(Factor::Mtls),
         invalid: vec![],
+        grants: vec![],
     };
     for rules in [10usize, 1_000, 10_000] {
         let p = policy(rules);

@@ -311,6 +311,11 @@ pub struct OptOutConfig {
     /// May a request under this opt-out upgrade (WebSocket)?
     #[serde(default)]
     pub allow_upgrade: bool,
+    /// The rule applies only to a request whose verified client certificate
+    /// carries a live grant (signed into the certificate by postern's CA)
+    /// naming this rule.
+    #[serde(default)]
+    pub require_grant: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -61,6 +61,22 @@ pub struct Identity {
     /// an opt-out would otherwise apply: only an *absent* credential may fall
     /// into an opt-out.
     pub invalid: Vec<InvalidCredential>,
+    /// Opt-out grants carried by the verified client certificate (only ever
+    /// filled from a certificate whose chain, signature and revocation status
+    /// were checked: the grant is inside the signed certificate).
+    pub grants: Vec<GrantClaim>,
+}
+
+/// A grant signed into a verified client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantClaim {
+    pub id: String,
+    /// Opt-out rule ids it covers.
+    pub rules: Vec<String>,
+    /// Factors it may waive; empty: whatever the rule waives.
+    pub waives: FactorSet,
+    /// Never later than the certificate's own not-after.
+    pub not_after: OffsetDateTime,
 }
 
 impl Identity {
@@ -122,6 +138,8 @@ pub struct Decision {
     pub fallback: Option<Box<Decision>>,
     /// The route allows protocol upgrades for this request.
     pub upgrade_allowed: bool,
+    /// The certificate grant that let a `require_grant` rule apply.
+    pub grant: Option<Arc<str>>,
     /// The route's requirement, for [`Decision::fall_back`] when there is no
     /// fallback decision.
     alternatives: Arc<[FactorSet]>,
@@ -155,6 +173,7 @@ impl Decision {
                 condition: None,
                 fallback: None,
                 upgrade_allowed: false,
+                grant: None,
                 alternatives: self.alternatives,
             },
         };
@@ -195,6 +214,7 @@ pub fn decide(
             condition: None,
             fallback: None,
             upgrade_allowed: false,
+            grant: None,
             alternatives: Arc::from(Vec::new()),
         };
     };
@@ -209,6 +229,7 @@ pub fn decide(
         condition: None,
         fallback: None,
         upgrade_allowed: false,
+        grant: None,
         alternatives: route.require.clone(),
     };
 
@@ -236,12 +257,30 @@ pub fn decide(
     // Candidates, most specific first; the first live one is the rule.
     let mut considered: Option<&Arc<str>> = None;
     let mut live = None;
+    let mut grant: Option<&GrantClaim> = None;
     for rule in policy.candidates(route_index, facts.method, facts.path) {
         match rule.inactive_reason(now, facts.peer) {
             Some(why) => {
                 considered.get_or_insert(&rule.id);
                 reasons.push(why);
             }
+            None if rule.require_grant => match grant_for(identity, &rule.id, now) {
+                Ok(g) => {
+                    reasons.push(format!(
+                        "certificate grant `{}` covers rule `{}` until {}",
+                        g.id,
+                        rule.id,
+                        rfc3339(g.not_after)
+                    ));
+                    grant = Some(g);
+                    live = Some(rule);
+                    break;
+                }
+                Err(why) => {
+                    considered.get_or_insert(&rule.id);
+                    reasons.push(why);
+                }
+            },
             None => {
                 live = Some(rule);
                 break;
@@ -266,7 +305,13 @@ pub fn decide(
         d
     };
 
-    let waived = rule.waive;
+    // A grant narrows what it may waive to what it names.
+    let waived = match grant {
+        Some(g) if !g.waives.is_empty() => {
+            FactorSet::from_iter(rule.waive.iter().filter(|f| g.waives.contains(*f)))
+        }
+        _ => rule.waive,
+    };
     let mut remaining: Vec<FactorSet> = Vec::with_capacity(route.require.len());
     for alt in route.require.iter() {
         let rest = alt.minus(waived);
@@ -330,6 +375,7 @@ pub fn decide(
         }
     };
     d.rule = Some(rule.id.clone());
+    d.grant = grant.map(|g| Arc::from(g.id.as_str()));
     apply_upgrade(&mut d, facts.upgrade, rule.allow_upgrade, || {
         format!("opt-out rule `{}`", rule.id)
     });
@@ -396,4 +442,42 @@ fn principal_text(identity: &Identity) -> String {
         Some(p) => format!("`{p}`"),
         None => "an unnamed principal".to_string(),
     }
+}
+
+/// The live grant, carried by a verified certificate, that covers `rule`.
+/// Grants only count with a verified mTLS factor.
+fn grant_for<'a>(
+    identity: &'a Identity,
+    rule: &str,
+    now: OffsetDateTime,
+) -> Result<&'a GrantClaim, String> {
+    if !identity.verified.contains(Factor::Mtls) {
+        return Err(format!("rule `{rule}` requires a certificate grant and no verified client certificate was presented"));
+    }
+    let mut expired = None;
+    for g in identity
+        .grants
+        .iter()
+        .filter(|g| g.rules.iter().any(|r| r == rule))
+    {
+        if now < g.not_after {
+            return Ok(g);
+        }
+        expired = Some(g);
+    }
+    Err(match expired {
+        Some(g) => format!(
+            "certificate grant `{}` for rule `{rule}` expired at {}",
+            g.id,
+            rfc3339(g.not_after)
+        ),
+        None => format!(
+            "rule `{rule}` requires a certificate grant and the certificate carries none for it"
+        ),
+    })
+}
+
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

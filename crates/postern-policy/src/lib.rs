@@ -72,7 +72,8 @@ pub mod webhook;
 
 pub use config::{Config, Diagnostic, Severity};
 pub use decide::{
-    decide, AuthVia, Condition, Decision, Identity, InvalidCredential, RequestFacts, Verdict,
+    decide, AuthVia, Condition, Decision, GrantClaim, Identity, InvalidCredential, RequestFacts,
+    Verdict,
 };
 pub use factor::{Factor, FactorSet};
 pub use normalize::{normalize_path, split_target, NormalizedPath, PathError};

@@ -232,11 +232,17 @@ pub struct OptOutRule {
     time_window: Option<TimeWindow>,
     pub(crate) webhook: Option<Arc<WebhookSpec>>,
     pub(crate) allow_upgrade: bool,
+    pub(crate) require_grant: bool,
     /// "opt-out rule `x` waives f (owner o: r)" (reason text, built once).
     pub(crate) waives_text: Box<str>,
 }
 
 impl OptOutRule {
+    /// Does the rule apply only with a certificate grant naming it?
+    pub fn require_grant(&self) -> bool {
+        self.require_grant
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -1142,6 +1148,7 @@ impl<'a> Compiler<'a> {
                 time_window,
                 webhook,
                 allow_upgrade: cfg.allow_upgrade,
+                require_grant: cfg.require_grant,
                 waives_text,
             });
         }

@@ -78,6 +78,7 @@ fn user(name: &str, factors: FactorSet) -> Identity {
         principal: Some(name.into()),
         verified: factors,
         invalid: vec![],
+        grants: vec![],
     }
 }
 
@@ -320,6 +321,7 @@ fn present_but_invalid_credential_never_falls_into_an_optout() {
             factor: Factor::Jwt,
             reason: "signature does not verify".into(),
         }],
+        grants: vec![],
     };
     let d = Req::new("GET", "/healthz").run(&app(), &id, NOW);
     assert_eq!(
@@ -673,4 +675,136 @@ fn decision_fallback_keeps_upgrade_rules() {
     let fb = d.fallback.as_ref().unwrap();
     assert!(!fb.upgrade_allowed);
     assert!(matches!(fb.verdict, Verdict::Challenge { .. }));
+}
+
+// --- opt-outs that need a grant signed into the client certificate ---
+
+fn reports() -> Policy {
+    policy(
+        r#"
+[[route]]
+id = "reports"
+host = "*"
+path_prefix = "/reports"
+upstream = "echo"
+require = [["mtls", "jwt"]]
+
+[[optout]]
+id = "reports-batch"
+route = "reports"
+methods = ["GET"]
+paths = ["/reports/**"]
+waive = ["jwt"]
+require_grant = true
+owner = "data-team"
+reason = "the nightly batch has a certificate but no user token"
+expires = 2027-01-15T00:00:00Z
+"#,
+    )
+}
+
+fn batch(grants: Vec<postern_policy::GrantClaim>) -> Identity {
+    Identity {
+        principal: Some("service/batch".into()),
+        verified: mtls(),
+        invalid: vec![],
+        grants,
+    }
+}
+
+fn grant(id: &str, rule: &str, not_after: OffsetDateTime) -> postern_policy::GrantClaim {
+    postern_policy::GrantClaim {
+        id: id.into(),
+        rules: vec![rule.into()],
+        waives: FactorSet::EMPTY,
+        not_after,
+    }
+}
+
+#[test]
+fn grant_rule_applies_with_a_live_grant_naming_it() {
+    let id = batch(vec![grant(
+        "g1",
+        "reports-batch",
+        datetime!(2026-12-01 08:00:00 UTC),
+    )]);
+    let d = Req::new("GET", "/reports/daily").run(&reports(), &id, NOW);
+    assert!(
+        matches!(
+            d.verdict,
+            Verdict::Allow {
+                via: AuthVia::OptOut { .. }
+            }
+        ),
+        "{}",
+        reasons(&d)
+    );
+    assert_eq!(d.grant.as_deref(), Some("g1"));
+    assert!(
+        reasons(&d).contains("certificate grant `g1`"),
+        "{}",
+        reasons(&d)
+    );
+}
+
+#[test]
+fn grant_rule_never_applies_without_a_grant() {
+    let d = Req::new("GET", "/reports/daily").run(&reports(), &batch(vec![]), NOW);
+    assert_eq!(
+        d.verdict,
+        Verdict::Challenge {
+            accepted: vec![mtls().with(Factor::Jwt)]
+        }
+    );
+    assert_eq!(d.grant, None);
+    assert!(reasons(&d).contains("carries none"), "{}", reasons(&d));
+}
+
+#[test]
+fn a_grant_for_another_rule_does_not_apply() {
+    let id = batch(vec![grant(
+        "g1",
+        "other-rule",
+        datetime!(2026-12-01 08:00:00 UTC),
+    )]);
+    let d = Req::new("GET", "/reports/daily").run(&reports(), &id, NOW);
+    assert!(matches!(d.verdict, Verdict::Challenge { .. }));
+}
+
+#[test]
+fn an_expired_grant_in_a_valid_certificate_does_not_apply() {
+    let id = batch(vec![grant(
+        "g1",
+        "reports-batch",
+        datetime!(2026-11-30 23:59:59 UTC),
+    )]);
+    let d = Req::new("GET", "/reports/daily").run(&reports(), &id, NOW);
+    assert!(matches!(d.verdict, Verdict::Challenge { .. }));
+    assert!(reasons(&d).contains("expired"), "{}", reasons(&d));
+}
+
+#[test]
+fn grants_count_only_with_a_verified_certificate() {
+    let mut id = batch(vec![grant(
+        "g1",
+        "reports-batch",
+        datetime!(2026-12-01 08:00:00 UTC),
+    )]);
+    id.verified = jwt();
+    let d = Req::new("GET", "/reports/daily").run(&reports(), &id, NOW);
+    assert!(matches!(d.verdict, Verdict::Challenge { .. }));
+}
+
+#[test]
+fn a_grant_never_waives_more_than_it_names() {
+    // The grant names mtls only; the rule waives jwt: nothing is waived, so
+    // the full requirement stands.
+    let mut g = grant("g1", "reports-batch", datetime!(2026-12-01 08:00:00 UTC));
+    g.waives = mtls();
+    let d = Req::new("GET", "/reports/daily").run(&reports(), &batch(vec![g]), NOW);
+    assert!(
+        matches!(d.verdict, Verdict::Challenge { .. }),
+        "{}",
+        reasons(&d)
+    );
 }

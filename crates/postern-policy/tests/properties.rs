@@ -255,6 +255,7 @@ fn identity(req: &Request) -> Identity {
                     .collect()
             })
             .unwrap_or_default(),
+        grants: vec![],
     }
 }
 
