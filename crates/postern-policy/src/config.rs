@@ -38,6 +38,10 @@ pub struct Config {
     /// Alert sinks (webhooks).
     #[serde(default, rename = "alert")]
     pub alerts: Vec<AlertConfig>,
+    /// The built-in CA: revocations checked per request and at the
+    /// handshake, renewals served at `POST /v1/certs/renew`.
+    #[serde(default)]
+    pub ca: Option<CaConfig>,
 
     /// The file this was read from (set by the loader, not by TOML).
     #[serde(skip)]
@@ -653,4 +657,26 @@ source_cidrs = ["127.0.0.0/8", "::1/128"]
             let _ = Config::parse(Path::new("p.toml"), &text);
         }
     }
+}
+
+/// The built-in CA, as the gateway uses it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// The CA directory (`postern ca init`), relative to the config file.
+    pub dir: PathBuf,
+    /// Serve `POST /v1/certs/renew` (mTLS with the current certificate + a CSR).
+    #[serde(default = "default_renewal")]
+    pub renewal: bool,
+    /// Longest session a certificate may be renewed into, counted from the
+    /// original issuance (carried in the certificate), in hours.
+    #[serde(default = "default_max_session_age_hours")]
+    pub max_session_age_hours: u64,
+}
+
+fn default_renewal() -> bool {
+    true
+}
+fn default_max_session_age_hours() -> u64 {
+    7 * 24
 }
