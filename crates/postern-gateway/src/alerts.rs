@@ -175,14 +175,11 @@ impl Alerts {
             let uri: Uri = cfg
                 .url
                 .parse()
-                .map_err(|e| format!("[[alert]] url `{}`: {e}", cfg.url))?;
+                .map_err(|e| format!("[[alert]] url is not a valid URL: {e}"))?;
             match uri.scheme_str() {
                 Some("http") | Some("https") if uri.authority().is_some() => {}
                 _ => {
-                    return Err(format!(
-                        "[[alert]] url `{}` must be http:// or https:// with a host",
-                        cfg.url
-                    ))
+                    return Err("[[alert]] url must be http:// or https:// with a host".to_string())
                 }
             }
             if cfg.max_attempts == 0 || cfg.queue_size == 0 {
@@ -473,7 +470,9 @@ async fn send_with_retry(
         match outcome {
             Ok(()) => return true,
             Err(e) => {
-                tracing::warn!(url = %uri, attempt, error = %e, "alert delivery failed");
+                // Only the host: webhook paths (Slack's) are secrets.
+                let host = uri.authority().map_or("", |a| a.as_str());
+                tracing::warn!(sink = %host, attempt, error = %e, "alert delivery failed");
             }
         }
         if attempt < cfg.max_attempts {
