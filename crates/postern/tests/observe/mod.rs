@@ -363,6 +363,17 @@ async fn a_rule_near_expiry_alerts_once() {
         "{head}id = \"healthz\"{before}expires = {soon}\n{after}\n[[alert]]\nurl = \"http://{addr}/\"\nevents = [\"rule_expiry\"]\n"
     );
     std::fs::write(&cfg, text).unwrap();
+    // A changed expiry is an opt-out change: both demo reviewers sign it.
+    let digest = postern_review::digest(&postern_policy::Config::load(&cfg).unwrap());
+    for reviewer in ["reviewer-1", "reviewer-2"] {
+        let key = postern_review::reviewers::read_signing_key(
+            &dir.path().join(format!("{reviewer}.key")),
+        )
+        .unwrap();
+        let a = postern_review::Approval::sign(&key, reviewer, &digest, now);
+        postern_review::approvals::append_approval(&postern_review::approvals_path(&cfg), &a)
+            .unwrap();
+    }
     let d = Demo::start_in(dir).await;
     let a = next_alert(&mut rx, "rule_expiry").await;
     assert_eq!(a["rule"], "healthz", "{a}");
