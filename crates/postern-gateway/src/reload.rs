@@ -65,6 +65,8 @@ pub struct ReloadOutcome {
     pub approvers: Vec<String>,
     /// Why the candidate was refused (empty when loaded).
     pub reasons: Vec<String>,
+    /// Sequence number of the audit record of this load or refusal.
+    pub audit_seq: Option<u64>,
 }
 
 /// A running reloader. Dropping it leaves it running; call [`ReloadHandle::stop`].
@@ -307,12 +309,15 @@ async fn attempt(shared: &Shared, state: &mut State) -> ReloadOutcome {
             extra["generation"] = (state.generation + 1).into();
             ev.extra = Some(extra);
             // The record is durable before the new policy serves a request.
-            if let Err(e) = shared.audit.append_durable(ev).await {
-                outcome.reasons = vec![format!(
-                    "the audit log cannot record the load ({e}); keeping the last good policy"
-                )];
-                refuse(shared, state, &outcome).await;
-                return outcome;
+            match shared.audit.append_durable(ev).await {
+                Ok(seq) => outcome.audit_seq = Some(seq),
+                Err(e) => {
+                    outcome.reasons = vec![format!(
+                        "the audit log cannot record the load ({e}); keeping the last good policy"
+                    )];
+                    refuse(shared, state, &mut outcome).await;
+                    return outcome;
+                }
             }
             shared.runtime.store(Arc::new(Runtime {
                 policy: candidate.policy,
@@ -323,6 +328,16 @@ async fn attempt(shared: &Shared, state: &mut State) -> ReloadOutcome {
             state.pinned = candidate.pinned;
             outcome.generation = state.generation;
             outcome.loaded = true;
+            shared
+                .metrics
+                .policy_loaded(state.generation, OffsetDateTime::now_utc());
+            shared.alerts.policy_event(
+                true,
+                outcome.digest.as_deref().unwrap_or(""),
+                &outcome.approvers,
+                outcome.audit_seq,
+                &[],
+            );
             tracing::info!(
                 generation = state.generation,
                 digest = outcome.digest.as_deref().unwrap_or(""),
@@ -332,13 +347,14 @@ async fn attempt(shared: &Shared, state: &mut State) -> ReloadOutcome {
         }
         Err(reasons) => {
             outcome.reasons = reasons;
-            refuse(shared, state, &outcome).await;
+            refuse(shared, state, &mut outcome).await;
         }
     }
     outcome
 }
 
-async fn refuse(shared: &Shared, state: &State, outcome: &ReloadOutcome) {
+/// Audit (and alert) a refusal; the last good policy keeps serving.
+async fn refuse(shared: &Shared, state: &State, outcome: &mut ReloadOutcome) {
     tracing::error!(
         config = %state.config_path.display(),
         reasons = %outcome.reasons.join("; "),
@@ -357,9 +373,17 @@ async fn refuse(shared: &Shared, state: &State, outcome: &ReloadOutcome) {
         extra["digest"] = d.clone().into();
     }
     ev.extra = Some(extra);
-    if let Err(e) = shared.audit.append_durable(ev).await {
-        tracing::error!(error = %e, "auditing a policy refusal failed");
+    match shared.audit.append_durable(ev).await {
+        Ok(seq) => outcome.audit_seq = Some(seq),
+        Err(e) => tracing::error!(error = %e, "auditing a policy refusal failed"),
     }
+    shared.alerts.policy_event(
+        false,
+        outcome.digest.as_deref().unwrap_or(""),
+        &outcome.approvers,
+        outcome.audit_seq,
+        &outcome.reasons,
+    );
 }
 
 /// Every check a candidate must pass; the reasons it fails otherwise.

@@ -508,6 +508,19 @@ fn diff_rule(out: &mut Vec<Change>, id: &str, o: &CanonOptOut, n: &CanonOptOut) 
             push(ChangeKind::Narrowed, "may no longer upgrade".into());
         }
     }
+    if o.require_grant != n.require_grant {
+        if n.require_grant {
+            push(
+                ChangeKind::Narrowed,
+                "now only with a grant in the client certificate".into(),
+            );
+        } else {
+            push(
+                ChangeKind::Widened,
+                "no longer requires a grant in the client certificate".into(),
+            );
+        }
+    }
     if o.owner != n.owner {
         push(
             ChangeKind::Annotated,
@@ -546,7 +559,11 @@ mod tests {
             let d = kinds(BASE, &BASE.replacen(from, to, 1));
             assert!(d.needs_approval(), "{from} -> {to}");
             assert!(!d.changes.is_empty(), "{from} -> {to}: no change listed");
-            if !to.contains("owner") {
+            if to.contains("require_grant") {
+                // Adding the grant requirement narrows; dropping it widens.
+                let back = kinds(&BASE.replacen(from, to, 1), BASE);
+                assert!(back.widens(), "{back}");
+            } else if !to.contains("owner") {
                 assert!(d.widens(), "{from} -> {to}: {d}");
             }
         }

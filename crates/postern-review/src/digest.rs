@@ -27,7 +27,7 @@
 use std::path::Path;
 
 use ipnet::IpNet;
-use postern_policy::config::{OptOutConfig, RouteConfig, Waive};
+use postern_policy::config::{OptOutConfig, RouteConfig, TimeWindowConfig, Waive, WebhookConfig};
 use postern_policy::{normalize_path, Config, Factor};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -86,6 +86,8 @@ pub struct CanonOptOut {
     pub time_window: Option<CanonWindow>,
     pub webhook: Option<CanonWebhook>,
     pub allow_upgrade: bool,
+    /// Only with a live grant in the client certificate naming this rule.
+    pub require_grant: bool,
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -145,8 +147,22 @@ fn canon_waive(w: &Waive) -> Vec<String> {
     }
 }
 
+// The destructurings below are exhaustive on purpose: a field added to the
+// config model does not compile here until someone decides whether it
+// changes what an opt-out lets through (then it goes into the digest and
+// the diff) or not (then it is ignored here, with the reason).
+
 fn canon_route(r: &RouteConfig) -> CanonRoute {
-    let raw = r.path_prefix.get_ref();
+    let RouteConfig {
+        id,
+        host,
+        path_prefix,
+        upstream: _, // where requests go, not whether they need authentication
+        require,
+        identities,
+        allow_upgrade: _, // the route's own upgrade switch; opt-outs carry their own
+    } = r;
+    let raw = path_prefix.get_ref();
     let path_prefix = match normalize_path(raw) {
         Ok(p) => {
             let s = p.as_str();
@@ -158,50 +174,75 @@ fn canon_route(r: &RouteConfig) -> CanonRoute {
         }
         Err(_) => raw.clone(),
     };
-    let mut require: Vec<Vec<String>> = r.require.get_ref().iter().cloned().map(sorted).collect();
+    let mut require: Vec<Vec<String>> = require.get_ref().iter().cloned().map(sorted).collect();
     require.sort();
     require.dedup();
     CanonRoute {
-        id: r.id.clone(),
-        host: r.host.to_ascii_lowercase(),
+        id: id.clone(),
+        host: host.to_ascii_lowercase(),
         path_prefix,
         require,
-        identities: r.identities.clone().map(sorted),
+        identities: identities.clone().map(sorted),
+    }
+}
+
+fn canon_webhook(w: &WebhookConfig) -> CanonWebhook {
+    let WebhookConfig {
+        secret_file,
+        secret_env,
+        signature_header,
+        timestamp_header,
+        tolerance_secs,
+    } = w;
+    CanonWebhook {
+        secret_file: secret_file
+            .as_deref()
+            .map(|p: &Path| p.to_string_lossy().into_owned()),
+        secret_env: secret_env.clone(),
+        signature_header: signature_header.to_ascii_lowercase(),
+        timestamp_header: timestamp_header.to_ascii_lowercase(),
+        tolerance_secs: *tolerance_secs,
     }
 }
 
 fn canon_optout(o: &OptOutConfig) -> CanonOptOut {
+    let OptOutConfig {
+        id,
+        route,
+        methods,
+        paths,
+        waive,
+        owner,
+        reason,
+        expires,
+        source_cidrs,
+        time_window,
+        webhook,
+        allow_upgrade,
+        require_grant,
+    } = o;
     CanonOptOut {
-        id: o.id.get_ref().clone(),
-        route: o.route.get_ref().clone(),
-        methods: sorted(o.methods.get_ref().clone()),
-        paths: sorted(o.paths.get_ref().clone()),
-        waive: canon_waive(o.waive.get_ref()),
-        owner: o.owner.as_ref().map(|s| s.get_ref().clone()),
-        reason: o.reason.as_ref().map(|s| s.get_ref().clone()),
-        expires: o.expires.as_ref().map(|d| canon_datetime(d.get_ref())),
-        source_cidrs: o
-            .source_cidrs
+        id: id.get_ref().clone(),
+        route: route.get_ref().clone(),
+        methods: sorted(methods.get_ref().clone()),
+        paths: sorted(paths.get_ref().clone()),
+        waive: canon_waive(waive.get_ref()),
+        owner: owner.as_ref().map(|s| s.get_ref().clone()),
+        reason: reason.as_ref().map(|s| s.get_ref().clone()),
+        expires: expires.as_ref().map(|d| canon_datetime(d.get_ref())),
+        source_cidrs: source_cidrs
             .as_ref()
             .map(|c| sorted(c.get_ref().iter().map(|s| canon_net(s)).collect())),
-        time_window: o.time_window.as_ref().map(|w| CanonWindow {
-            start: w.get_ref().start.trim().to_string(),
-            end: w.get_ref().end.trim().to_string(),
-        }),
-        webhook: o.webhook.as_ref().map(|w| {
-            let w = w.get_ref();
-            CanonWebhook {
-                secret_file: w
-                    .secret_file
-                    .as_deref()
-                    .map(|p: &Path| p.to_string_lossy().into_owned()),
-                secret_env: w.secret_env.clone(),
-                signature_header: w.signature_header.to_ascii_lowercase(),
-                timestamp_header: w.timestamp_header.to_ascii_lowercase(),
-                tolerance_secs: w.tolerance_secs,
+        time_window: time_window.as_ref().map(|w| {
+            let TimeWindowConfig { start, end } = w.get_ref();
+            CanonWindow {
+                start: start.trim().to_string(),
+                end: end.trim().to_string(),
             }
         }),
-        allow_upgrade: o.allow_upgrade,
+        webhook: webhook.as_ref().map(|w| canon_webhook(w.get_ref())),
+        allow_upgrade: *allow_upgrade,
+        require_grant: *require_grant,
     }
 }
 
@@ -423,6 +464,10 @@ url = "http://127.0.0.1:9000"
             "route = \"app\"\nallow_upgrade = true\nmethods = [\"POST\"]",
         ),
         ("owner = \"payments\"", "owner = \"someone-else\""),
+        (
+            "route = \"app\"\nmethods = [\"GET\", \"HEAD\"]",
+            "route = \"app\"\nrequire_grant = true\nmethods = [\"GET\", \"HEAD\"]",
+        ),
     ];
 
     #[test]
