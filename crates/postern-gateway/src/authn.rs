@@ -31,11 +31,18 @@ pub struct CredentialDetails {
     pub cert_fingerprint: Option<String>,
 }
 
+/// A client certificate whose chain verified and whose identity parsed.
+#[derive(Debug, Clone)]
+pub struct VerifiedCert {
+    pub identity: postern_pki::ClientIdentity,
+    pub extras: crate::certs::CertExtras,
+}
+
 /// Result of parsing a connection's client certificate once, at handshake.
 #[derive(Debug, Clone)]
 pub enum PeerCert {
     None,
-    Valid(postern_pki::ClientIdentity),
+    Valid(Box<VerifiedCert>),
     Invalid {
         reason: String,
         serial: Option<String>,
@@ -54,8 +61,12 @@ impl PeerCert {
         let Some(ee) = chain.and_then(|c| c.first()) else {
             return PeerCert::None;
         };
-        match postern_pki::client_identity(ee.as_ref(), trust_domain, now) {
-            Ok(id) => PeerCert::Valid(id),
+        let parsed =
+            postern_pki::client_identity(ee.as_ref(), trust_domain, now).map_err(|e| e.to_string());
+        match parsed.and_then(|identity| {
+            crate::certs::CertExtras::from_der(ee.as_ref()).map(|extras| (identity, extras))
+        }) {
+            Ok((identity, extras)) => PeerCert::Valid(Box::new(VerifiedCert { identity, extras })),
             Err(e) => PeerCert::Invalid {
                 reason: e.to_string(),
                 serial: None,
@@ -229,6 +240,8 @@ fn pinned_alg(jwk: &Jwk) -> Option<Algorithm> {
 /// Everything needed to authenticate a request.
 pub struct Authenticator {
     pub jwt: Option<JwtVerifier>,
+    /// The built-in CA, when configured: revocations are checked per request.
+    pub ca: Option<std::sync::Arc<crate::certs::CertAuthority>>,
 }
 
 impl Authenticator {
@@ -243,14 +256,28 @@ impl Authenticator {
         let mut id = Identity::anonymous();
         let mut details = CredentialDetails::default();
         let mut principals: Vec<(Factor, String)> = Vec::new();
+        let mut grants: Option<&Vec<postern_pki::Grant>> = None;
 
         match cert {
             PeerCert::None => {}
-            PeerCert::Valid(ci) => {
+            PeerCert::Valid(vc) => {
+                let ci = &vc.identity;
                 details.cert_serial = Some(ci.serial_hex.clone());
                 details.cert_fingerprint = Some(ci.fingerprint_sha256.clone());
-                // Connections outlive certificates: re-check the window per request.
-                if now >= ci.not_after {
+                let revoked = self.ca.as_ref().and_then(|ca| ca.revoked(&ci.serial_hex));
+                // Connections outlive certificates: re-check the window and
+                // revocation per request.
+                if let Some(r) = revoked {
+                    id.invalid.push(InvalidCredential {
+                        factor: Factor::Mtls,
+                        reason: format!(
+                            "client certificate {} was revoked at {} ({:?})",
+                            ci.serial_hex,
+                            fmt_time(r.revoked_at),
+                            r.reason
+                        ),
+                    });
+                } else if now >= ci.not_after {
                     id.invalid.push(InvalidCredential {
                         factor: Factor::Mtls,
                         reason: format!("client certificate expired at {}", fmt_time(ci.not_after)),
@@ -262,6 +289,7 @@ impl Authenticator {
                     });
                 } else {
                     principals.push((Factor::Mtls, ci.principal.clone()));
+                    grants = Some(&vc.extras.grants);
                 }
             }
             PeerCert::Invalid {
@@ -326,9 +354,27 @@ impl Authenticator {
             for (f, _) in &principals {
                 id.verified.insert(*f);
             }
+            if let Some(gs) = grants {
+                id.grants = gs.iter().filter_map(grant_claim).collect();
+            }
         }
         (id, details)
     }
+}
+
+/// A certificate grant as the decision core sees it. A grant naming a factor
+/// postern does not know is dropped (never widened to "whatever the rule waives").
+fn grant_claim(g: &postern_pki::Grant) -> Option<postern_policy::GrantClaim> {
+    let mut waives = postern_policy::FactorSet::EMPTY;
+    for w in &g.waives {
+        waives.insert(Factor::parse(w)?);
+    }
+    Some(postern_policy::GrantClaim {
+        id: g.id.clone(),
+        rules: g.rules.clone(),
+        waives,
+        not_after: g.not_after,
+    })
 }
 
 fn bearer_token(value: &[u8]) -> Result<&str, String> {
@@ -489,6 +535,7 @@ mod tests {
     fn two_authorization_values_and_disagreeing_factors_are_invalid() {
         let i = issuer();
         let a = Authenticator {
+            ca: None,
             jwt: Some(JwtVerifier::new(&config(&["EdDSA"]), &i.jwks, "test").unwrap()),
         };
         let now = OffsetDateTime::now_utc();
@@ -518,9 +565,14 @@ mod tests {
                 now,
             )
             .unwrap();
-        let cert = PeerCert::Valid(
-            postern_pki::client_identity(&alice.cert_der, "postern.test", now).unwrap(),
+        let cert = PeerCert::from_chain(
+            Some(&[rustls_pki_types::CertificateDer::from(
+                alice.cert_der.clone(),
+            )]),
+            "postern.test",
+            now,
         );
+        assert!(matches!(cert, PeerCert::Valid(_)));
         let (id, _) = a.authenticate(&cert, &[other.as_bytes()], now);
         assert!(
             id.principal.is_none(),
@@ -551,10 +603,18 @@ mod tests {
                 now,
             )
             .unwrap();
-        let cert = PeerCert::Valid(
-            postern_pki::client_identity(&alice.cert_der, "postern.test", now).unwrap(),
+        let cert = PeerCert::from_chain(
+            Some(&[rustls_pki_types::CertificateDer::from(
+                alice.cert_der.clone(),
+            )]),
+            "postern.test",
+            now,
         );
-        let a = Authenticator { jwt: None };
+        assert!(matches!(cert, PeerCert::Valid(_)));
+        let a = Authenticator {
+            jwt: None,
+            ca: None,
+        };
         let (id, _) = a.authenticate(&cert, &[], now + time::Duration::hours(2));
         assert!(id.principal.is_none());
         assert_eq!(id.invalid.len(), 1);

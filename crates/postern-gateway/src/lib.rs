@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod authn;
+pub mod certs;
 pub mod echo;
 pub mod headers;
 pub mod metrics;

@@ -126,18 +126,59 @@ fn upstream_client() -> Result<crate::UpstreamClient, GatewayError> {
     )
 }
 
+/// Where the listener's certificate, key and client trust anchors live
+/// (re-read when the TLS configuration is rebuilt with a new CRL).
+struct TlsFiles {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    client_cas: Vec<std::path::PathBuf>,
+}
+
 /// Start serving `config` with the compiled `policy`.
 pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, GatewayError> {
-    let tls_cfg = crate::tls::server_config(
-        &config.resolve(&config.tls.cert),
-        &config.resolve(&config.tls.key),
-        &config
+    let ca = match &config.ca {
+        None => None,
+        Some(c) => Some(Arc::new(
+            crate::certs::CertAuthority::open(
+                &config.resolve(&c.dir),
+                time::Duration::hours(
+                    i64::try_from(c.max_session_age_hours).unwrap_or(i64::MAX / 3600),
+                ),
+                c.renewal,
+            )
+            .map_err(GatewayError::Config)?,
+        )),
+    };
+    let tls_files = Arc::new(TlsFiles {
+        cert: config.resolve(&config.tls.cert),
+        key: config.resolve(&config.tls.key),
+        client_cas: config
             .tls
             .client_ca
             .iter()
             .map(|p| config.resolve(p))
-            .collect::<Vec<_>>(),
+            .collect(),
+    });
+    let crls = ca.as_ref().map(|c| c.crls()).unwrap_or_default();
+    let tls_cfg = crate::tls::server_config_with_crls(
+        &tls_files.cert,
+        &tls_files.key,
+        &tls_files.client_cas,
+        crls,
     )?;
+    let acceptor = Arc::new(ArcSwap::from_pointee(TlsAcceptor::from(Arc::new(tls_cfg))));
+    if let Some(ca) = &ca {
+        // A new CRL reaches new handshakes at once; open connections are
+        // re-checked per request by the authenticator.
+        let (acc, files, weak) = (acceptor.clone(), tls_files.clone(), Arc::downgrade(ca));
+        ca.spawn_watcher(move || {
+            let Some(ca) = weak.upgrade() else { return };
+            match crate::tls::server_config_with_crls(&files.cert, &files.key, &files.client_cas, ca.crls()) {
+                Ok(cfg) => acc.store(Arc::new(TlsAcceptor::from(Arc::new(cfg)))),
+                Err(e) => tracing::error!(error = %e, "rebuilding TLS with the new CRL failed; keeping the previous one"),
+            }
+        });
+    }
     let jwt = match &config.jwt {
         None => None,
         Some(j) => match (&j.jwks_file, &j.jwks_url) {
@@ -167,7 +208,7 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
         .map_err(GatewayError::Config)?;
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(Runtime { policy, upstreams }),
-        authn: Authenticator { jwt },
+        authn: Authenticator { jwt, ca },
         audit,
         client: upstream_client()?,
         trust_domain: config
@@ -214,12 +255,7 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
             Some(addr)
         }
     };
-    let task = tokio::spawn(accept_loop(
-        listener,
-        TlsAcceptor::from(Arc::new(tls_cfg)),
-        shared.clone(),
-        stop_rx,
-    ));
+    let task = tokio::spawn(accept_loop(listener, acceptor, shared.clone(), stop_rx));
     Ok(RunningGateway {
         local_addr,
         admin_addr,
@@ -263,7 +299,7 @@ async fn fetch_jwks(
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<ArcSwap<TlsAcceptor>>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -282,7 +318,7 @@ async fn accept_loop(
             _ = stop.changed() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = acceptor.load_full();
         let shared = shared.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();

@@ -165,6 +165,13 @@ async fn pipeline(
     ctx.identity = identity.principal.clone();
     let upgrade = parts.headers.contains_key(UPGRADE);
 
+    // Certificate renewal is the gateway's own endpoint, never an upstream's.
+    if path.as_str() == crate::certs::RENEW_PATH {
+        if let Some(ca) = shared.authn.ca.clone() {
+            return Err(renew(shared, conn, &ca, &parts, body, &identity, now, ctx).await);
+        }
+    }
+
     // 3. Decide (pure).
     let facts = RequestFacts {
         method: parts.method.as_str(),
@@ -623,4 +630,114 @@ fn new_request_id() -> String {
 enum ForwardBody {
     Streaming(Incoming),
     Buffered(Bytes),
+}
+
+/// `POST /v1/certs/renew`: mTLS with the current, valid, unrevoked
+/// certificate, body a PKCS#10 CSR (PEM) for a new key; answers the new
+/// certificate (PEM, chain appended for an intermediate CA). Audited.
+#[allow(clippy::too_many_arguments)]
+async fn renew(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    ca: &crate::certs::CertAuthority,
+    parts: &http::request::Parts,
+    body: Incoming,
+    identity: &Identity,
+    now: OffsetDateTime,
+    ctx: &mut Ctx,
+) -> Response<Body> {
+    use crate::certs::RenewError;
+    let refuse = |status: StatusCode, msg: String| (status, msg);
+    let result: Result<postern_pki::IssuedCertificate, (StatusCode, String)> = async {
+        if parts.method != Method::POST {
+            return Err(refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "renewal is POST".to_string(),
+            ));
+        }
+        let crate::authn::PeerCert::Valid(vc) = &conn.cert else {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                RenewError::NoCertificate.to_string(),
+            ));
+        };
+        if !identity.verified.contains(postern_policy::Factor::Mtls) {
+            // Expired or revoked since the handshake, or disagreeing factors.
+            let why = identity
+                .invalid
+                .iter()
+                .map(|i| i.reason.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                format!("the client certificate is not valid now: {why}"),
+            ));
+        }
+        let csr = Limited::new(body, 16 * 1024)
+            .collect()
+            .await
+            .map_err(|e| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the CSR failed: {e}"),
+                )
+            })?
+            .to_bytes();
+        let csr = std::str::from_utf8(&csr).map_err(|_| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "the CSR is not PEM text".to_string(),
+            )
+        })?;
+        ca.renew(
+            &vc.identity.principal,
+            &vc.identity.serial_hex,
+            &vc.extras,
+            csr,
+            now,
+        )
+        .map_err(|e| {
+            let status = match e {
+                RenewError::BadCsr(_) => StatusCode::BAD_REQUEST,
+                RenewError::Disabled => StatusCode::NOT_FOUND,
+                _ => StatusCode::FORBIDDEN,
+            };
+            (status, e.to_string())
+        })
+    }
+    .await;
+    match result {
+        Ok(issued) => {
+            let mut ev = ctx.event(
+                now,
+                "renewed",
+                200,
+                None,
+                vec![format!(
+                    "renewed certificate {} as {} (valid until {})",
+                    issued.serial_hex,
+                    identity.principal.as_deref().unwrap_or("-"),
+                    crate::authn::fmt_time(issued.not_after)
+                )],
+            );
+            ev.kind = "renewal";
+            ev.extra = Some(serde_json::json!({ "new_serial": issued.serial_hex }));
+            shared.audit.append(ev).await;
+            let mut pem = issued.cert_pem;
+            pem.push_str(ca.chain_pem());
+            let mut resp = Response::new(respond::full(pem));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            );
+            resp
+        }
+        Err((status, msg)) => {
+            let mut ev = ctx.event(now, "refused", status.as_u16(), None, vec![msg.clone()]);
+            ev.kind = "renewal";
+            shared.audit.append(ev).await;
+            respond::error(status, &ctx.request_id, &msg)
+        }
+    }
 }

@@ -65,6 +65,19 @@ pub fn server_config(
     key: &Path,
     client_cas: &[std::path::PathBuf],
 ) -> Result<ServerConfig, TlsError> {
+    server_config_with_crls(cert, key, client_cas, Vec::new())
+}
+
+/// As [`server_config`], with certificate revocation lists: a client
+/// certificate a CRL lists is refused at the handshake. Certificates from
+/// anchors without a CRL keep working (their revocation status is unknown,
+/// not revoked); postern's own CA always publishes one.
+pub fn server_config_with_crls(
+    cert: &Path,
+    key: &Path,
+    client_cas: &[std::path::PathBuf],
+    crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+) -> Result<ServerConfig, TlsError> {
     let provider = provider();
     let chain = load_certs(cert)?;
     let key = load_key(key)?;
@@ -83,10 +96,15 @@ pub fn server_config(
                 })?;
             }
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .allow_unauthenticated();
+        if !crls.is_empty() {
+            vb = vb
+                .with_crls(crls)
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status();
+        }
+        let verifier = vb.build().map_err(|e| TlsError::Config(e.to_string()))?;
         builder.with_client_cert_verifier(verifier)
     };
     let mut cfg = builder

@@ -79,7 +79,20 @@ pub async fn run(a: ExplainArgs) -> Result<ExitCode> {
         },
         None => None,
     };
-    let authn = Authenticator { jwt };
+    let ca = match &config.ca {
+        None => None,
+        Some(c) => Some(Arc::new(
+            postern_gateway::certs::CertAuthority::open(
+                &config.resolve(&c.dir),
+                time::Duration::hours(
+                    i64::try_from(c.max_session_age_hours).unwrap_or(i64::MAX / 3600),
+                ),
+                c.renewal,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+        )),
+    };
+    let authn = Authenticator { jwt, ca };
     let header = a.jwt.as_ref().map(|t| format!("Bearer {t}"));
     let authz: Vec<&[u8]> = header.iter().map(|h| h.as_bytes()).collect();
     let (identity, creds) = authn.authenticate(&cert, &authz, now);
@@ -133,6 +146,7 @@ pub async fn run(a: ExplainArgs) -> Result<ExitCode> {
             "verdict": verdict,
             "route": d.route.as_deref(),
             "rule": d.rule.as_deref(),
+            "grant": d.grant.as_deref(),
             "normalized_path": path.as_str(),
             "identity": identity.principal,
             "verified_factors": identity.verified.to_string(),
@@ -147,6 +161,9 @@ pub async fn run(a: ExplainArgs) -> Result<ExitCode> {
         println!("{} {} → {status} {verdict}", a.method, path);
         println!("  route:     {}", d.route.as_deref().unwrap_or("-"));
         println!("  rule:      {}", d.rule.as_deref().unwrap_or("-"));
+        if let Some(g) = &d.grant {
+            println!("  grant:     {g} (signed into the client certificate)");
+        }
         println!(
             "  identity:  {} (verified: {})",
             identity.principal.as_deref().unwrap_or("-"),
