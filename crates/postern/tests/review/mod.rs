@@ -127,6 +127,10 @@ async fn unsigned_widening_is_refused_at_reload_while_the_old_policy_serves_unde
     let outcome = rx.borrow_and_update().clone();
     assert!(!outcome.loaded, "{outcome:?}");
     assert_eq!(outcome.generation, 0);
+    assert!(
+        outcome.audit_seq.is_some(),
+        "the refusal is audited: {outcome:?}"
+    );
     let digest = outcome.digest.clone().unwrap();
     assert!(
         outcome.reasons[0].contains(&digest) && outcome.reasons[0].contains("0 of 2"),
@@ -163,6 +167,10 @@ async fn unsigned_widening_is_refused_at_reload_while_the_old_policy_serves_unde
     .await
     .expect("the signed policy did not load");
     assert_eq!(rx.borrow().generation, 1);
+    assert_eq!(
+        demo.gw.as_ref().unwrap().shared.metrics.policy_generation(),
+        1
+    );
     assert_eq!(rx.borrow().approvers, ["reviewer-1", "reviewer-2"]);
     assert_eq!(
         post_healthz(&client).await,
