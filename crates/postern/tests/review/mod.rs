@@ -98,7 +98,7 @@ async fn unsigned_widening_is_refused_at_reload_while_the_old_policy_serves_unde
         load.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let r = if (i + worker) % 2 == 0 {
+                let r = if (i + worker).is_multiple_of(2) {
                     client.get(None, "/healthz", &[]).await
                 } else {
                     client.get(Some(&alice), "/private", &[]).await
