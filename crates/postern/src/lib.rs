@@ -1,6 +1,7 @@
 //! The `postern` binary's library half: subcommands that tests drive
 //! in-process (`demo`, `explain`) and the shared config loading.
 
+pub mod ca_cmd;
 pub mod demo;
 pub mod explain;
 pub mod policy_cmd;

@@ -47,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: postern::policy_cmd::PolicyCommand,
     },
+    /// Built-in CA: init, issue (with grants), revoke, crl, renew.
+    Ca {
+        #[command(subcommand)]
+        command: postern::ca_cmd::CaCommand,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -103,6 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: AuditCommand::Verify { file, key },
         } => audit_verify(&file, &key),
         Command::Policy { command } => postern::policy_cmd::run(command),
+        Command::Ca { command } => postern::ca_cmd::run(command),
     }
 }
 
