@@ -336,7 +336,7 @@ pub fn decide(
             decision(Verdict::Forbidden, reasons)
         }
         Some(rest) => {
-            reasons.push(if rest.is_empty() {
+            reasons.push(if rest.is_empty() && waived == rule.waive {
                 rule.waives_text.to_string()
             } else {
                 format!(
