@@ -80,6 +80,10 @@ impl Ctx {
         if let Some(d) = d {
             ev.route = d.route.as_deref().map(str::to_string);
             ev.rule = d.rule.as_deref().map(str::to_string);
+            if let Some(g) = &d.grant {
+                // Every use of a grant traces to the certificate that carries it.
+                ev.extra = Some(serde_json::json!({ "grant": g.as_ref() }));
+            }
         }
         ev
     }

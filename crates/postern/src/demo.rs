@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use base64::Engine;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use postern_pki::{Ca, KeyAlg, Kind};
+use postern_pki::{CaInitOptions, CaStore, ClientCertRequest, Grant, KeyAlg, Kind};
 use time::{Duration, OffsetDateTime};
 
 pub const TRUST_DOMAIN: &str = "postern.demo";
@@ -52,36 +52,57 @@ pub async fn run(dir: &Path, listen: SocketAddr) -> Result<()> {
 pub fn prepare(dir: &Path, listen: SocketAddr, now: OffsetDateTime) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating `{}`", dir.display()))?;
 
-    // The CA persists across runs; everything it issues here is short-lived.
-    let ca = if dir.join("ca.pem").exists() && dir.join("ca.key").exists() {
-        let cert = read(&dir.join("ca.pem"))?;
-        let key = read(&dir.join("ca.key"))?;
-        Ca::from_pem(&cert, &key, TRUST_DOMAIN).context("loading the demo CA")?
+    // The CA persists across runs (postern's CA directory layout, in `dir`);
+    // everything it issues here is short-lived.
+    let store = if dir.join("ca.toml").exists() {
+        CaStore::open(dir).context("opening the demo CA")?
+    } else if dir.join("ca.pem").exists() {
+        anyhow::bail!(
+            "`{}` holds a CA from an older demo without ca.toml; remove the directory and run the demo again",
+            dir.display()
+        );
     } else {
-        let ca = Ca::generate_root("postern demo CA", TRUST_DOMAIN, KeyAlg::EcdsaP256, now)
-            .context("making the demo CA")?;
-        write(&dir.join("ca.pem"), ca.cert_pem())?;
-        postern_pki::write_private_key(dir.join("ca.key"), ca.key_pem())
-            .context("writing ca.key")?;
-        ca
+        let mut opts = CaInitOptions::new("postern demo CA", TRUST_DOMAIN);
+        opts.alg = KeyAlg::EcdsaP256;
+        CaStore::init(dir, &opts, now).context("making the demo CA")?
     };
-    let server = ca
+    let server = store
         .issue_server(
             &["localhost"],
             &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
-            Duration::days(30),
+            Duration::hours(24),
             now,
         )
         .context("issuing the server certificate")?;
     write(&dir.join("server.pem"), &server.cert_pem)?;
     postern_pki::write_private_key(dir.join("server.key"), &server.key_pem)
         .context("writing server.key")?;
-    let alice = ca
+    let alice = store
         .issue_client("alice", Kind::User, Duration::hours(8), now)
         .context("issuing alice's certificate")?;
     write(&dir.join("alice.pem"), &alice.cert_pem)?;
     postern_pki::write_private_key(dir.join("alice.key"), &alice.key_pem)
         .context("writing alice.key")?;
+    // The nightly batch job: a service certificate carrying a signed grant
+    // that waives the JWT factor on the reports route, and nothing else.
+    let grant = Grant {
+        id: "reports-batch".to_string(),
+        rules: vec!["reports-batch".to_string()],
+        waives: vec!["jwt".to_string()],
+        not_after: now + Duration::hours(8),
+        reason: "nightly reports export runs without a user token".to_string(),
+        approved_by: "platform-team".to_string(),
+    };
+    let batch = store
+        .issue_client_with(
+            &ClientCertRequest::new("batch", Kind::Service, Duration::hours(8))
+                .with_grants(vec![grant]),
+            now,
+        )
+        .context("issuing the batch certificate")?;
+    write(&dir.join("batch.pem"), &batch.cert_pem)?;
+    postern_pki::write_private_key(dir.join("batch.key"), &batch.key_pem)
+        .context("writing batch.key")?;
 
     // The demo's own JWT issuer: an Ed25519 key, its JWKS, a token for alice.
     let jwt_key_path = dir.join("jwt-issuer.key");
@@ -123,8 +144,11 @@ pub fn prepare(dir: &Path, listen: SocketAddr, now: OffsetDateTime) -> Result<()
         postern_audit::write_signing_key(&audit_key_path, &k).context("writing audit.key")?;
         k
     };
-    postern_audit::write_verifying_key(&dir.join("audit.pub"), &audit_key.verifying_key())
-        .context("writing audit.pub")?;
+    let audit_pub = dir.join("audit.pub");
+    if !audit_pub.exists() {
+        postern_audit::write_verifying_key(&audit_pub, &audit_key.verifying_key())
+            .context("writing audit.pub")?;
+    }
 
     write(&dir.join("postern.toml"), &config_text(listen, now))?;
     sign_demo_policy(dir, now)?;
@@ -237,9 +261,22 @@ checkpoint_every = 1000
 [review]
 reviewers = "reviewers.toml"
 
+# The built-in CA (this directory): revocations (postern ca revoke) take
+# effect within a second; certificates renew at POST /v1/certs/renew.
+[ca]
+dir = "."
+
 [[upstream]]
 name = "echo"
 url = "builtin:echo"
+
+# Reports need both a certificate and a user token...
+[[route]]
+id = "reports"
+host = "*"
+path_prefix = "/reports"
+upstream = "echo"
+require = [["mtls", "jwt"]]
 
 [[route]]
 id = "app"
@@ -259,6 +296,19 @@ owner = "platform-team"
 reason = "load-balancer health checks cannot present credentials"
 expires = {expires}
 source_cidrs = ["127.0.0.0/8", "::1/128"]
+
+# ...except for the batch job, whose certificate carries a signed grant for
+# this rule: it may skip the JWT (never the certificate) on GET /reports/**.
+[[optout]]
+id = "reports-batch"
+route = "reports"
+methods = ["GET"]
+paths = ["/reports/**"]
+waive = ["jwt"]
+require_grant = true
+owner = "data-team"
+reason = "the nightly export is a service without a user token"
+expires = {expires}
 
 # A third party posts signed webhooks: HMAC-SHA256 over "<timestamp>.<body>".
 [[optout]]
@@ -296,6 +346,14 @@ fn print_guide(dir: &Path, addr: SocketAddr) {
     println!("# 200 for a correctly signed webhook, 401 for a wrong or stale signature:");
     println!(
         "ts=$(date +%s); body='{{\"event\":\"demo\"}}'; sig=$(printf '%s.%s' \"$ts\" \"$body\" | openssl dgst -sha256 -hmac \"$(cat {d}/webhook.secret)\" -r | cut -d' ' -f1); curl -si --cacert {d}/ca.pem -X POST -H \"x-postern-timestamp: $ts\" -H \"x-postern-signature: sha256=$sig\" --data \"$body\" {base}/webhooks/demo"
+    );
+    println!("# 200 for the batch job: its certificate carries the `reports-batch` grant (alice's does not: 401):");
+    println!(
+        "curl -s --cacert {d}/ca.pem --cert {d}/batch.pem --key {d}/batch.key {base}/reports/daily"
+    );
+    println!("# revoke alice's certificates; within a second her requests get 401:");
+    println!(
+        "cargo run --release -q -- ca revoke --dir {d} --identity alice --reason key-compromise"
     );
     println!("# verify the tamper-evident audit log:");
     println!("cargo run --release -q -- audit verify {d}/audit.jsonl --key {d}/audit.pub");

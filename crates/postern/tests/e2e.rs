@@ -6,6 +6,7 @@
 
 mod support;
 
+mod certs;
 mod cli;
 mod gateway;
 mod review;

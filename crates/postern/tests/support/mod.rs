@@ -36,6 +36,14 @@ impl Demo {
         Demo::start_in(dir).await
     }
 
+    /// Start the demo with everything made as if at `now` (e.g. a CA created
+    /// hours ago, so it can issue certificates that have already expired).
+    pub async fn start_made_at(now: time::OffsetDateTime) -> Demo {
+        let dir = tempfile::tempdir().unwrap();
+        postern::demo::prepare(dir.path(), "127.0.0.1:0".parse().unwrap(), now).unwrap();
+        Demo::start_in(dir).await
+    }
+
     /// Start a gateway on the config already in `dir`.
     pub async fn start_in(dir: tempfile::TempDir) -> Demo {
         let (config, policy) = postern::load_policy(&dir.path().join("postern.toml")).unwrap();
@@ -133,6 +141,10 @@ impl Client {
             roots: Arc::new(roots),
             from: None,
         }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     pub fn tls_config(&self, creds: Option<&Creds>, alpn: &[&[u8]]) -> rustls::ClientConfig {
