@@ -4,9 +4,7 @@
 // Test code: a failed fixture should stop the test loudly.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use postern_policy::policy::PathPattern;
 use postern_policy::{Config, FactorSet, Policy, Severity};
 use std::path::Path;

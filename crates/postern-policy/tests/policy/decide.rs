@@ -3,11 +3,9 @@
 // Test code: a failed fixture should stop the test loudly.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::IpAddr;
 
-use common::*;
+use crate::common::*;
 use postern_policy::{
     decide, normalize_path, AuthVia, Condition, Decision, Factor, FactorSet, Identity,
     InvalidCredential, Policy, RequestFacts, Verdict,

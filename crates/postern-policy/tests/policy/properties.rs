@@ -3,13 +3,11 @@
 // Test code: a failed fixture should stop the test loudly.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 
-use common::{render, NOW, PREAMBLE};
+use crate::common::{render, NOW, PREAMBLE};
 use postern_policy::policy::PathPattern;
 use postern_policy::{
     decide, normalize_path, AuthVia, Config, Factor, FactorSet, Identity, InvalidCredential,
