@@ -6,6 +6,7 @@
 
 mod support;
 
+mod ca;
 mod certs;
 mod cli;
 mod gateway;
