@@ -44,6 +44,7 @@ fn describe(set: FactorSet) -> String {
         .map(|f| match f {
             Factor::Mtls => "a client certificate issued by the postern CA (mTLS)",
             Factor::Jwt => "an `Authorization: Bearer <JWT>` header from the configured issuer",
+            Factor::Oidc => "a browser session: sign in with the configured OpenID provider",
         })
         .collect();
     if parts.is_empty() {
@@ -89,6 +90,30 @@ pub fn challenge(
             WWW_AUTHENTICATE,
             HeaderValue::from_static(r#"ClientCertificate realm="postern""#),
         );
+    }
+    resp
+}
+
+/// 401 asking a session to re-authenticate more strongly (RFC 9470:
+/// `insufficient_user_authentication` with the acceptable `acr_values`).
+pub fn step_up(request_id: &str, acr_values: &[String]) -> Response<Body> {
+    let body = json!({
+        "error": "stronger authentication required",
+        "request_id": request_id,
+        "acr_values": acr_values,
+        "how_to_authenticate": ["sign in again with the configured OpenID provider, using one of the acr_values"],
+    });
+    let mut resp = json(StatusCode::UNAUTHORIZED, request_id, body);
+    // acr values are config-supplied tokens; keep only safe characters.
+    let acr: String = acr_values
+        .join(" ")
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\' || *c == ' ')
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        r#"Bearer realm="postern", error="insufficient_user_authentication", acr_values="{acr}""#
+    )) {
+        resp.headers_mut().insert(WWW_AUTHENTICATE, v);
     }
     resp
 }

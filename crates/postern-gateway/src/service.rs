@@ -183,6 +183,7 @@ async fn pipeline(
         path: &path,
         peer: client_ip,
         upgrade,
+        risk: 0,
     };
     let decide_started = Instant::now();
     let mut decision = decide(&runtime.policy, &facts, &identity, now);
@@ -294,6 +295,17 @@ async fn pipeline(
                 &ctx.request_id,
                 "no route",
             ))
+        }
+        Verdict::StepUp { acr_values } => {
+            let ev = ctx.event(
+                now,
+                "step_up",
+                401,
+                Some(&decision),
+                decision.reasons.clone(),
+            );
+            shared.audit.append(ev).await;
+            Err(respond::step_up(&ctx.request_id, acr_values))
         }
         Verdict::Forbidden => {
             let ev = ctx.event(

@@ -89,6 +89,9 @@ fn bench_decide(c: &mut Criterion) {
         verified: FactorSet::EMPTY.with(Factor::Mtls),
         invalid: vec![],
         grants: vec![],
+        acr: None,
+        amr: vec![],
+        consents: vec![],
     };
     for rules in [10usize, 1_000, 10_000] {
         let p = policy(rules);
@@ -102,6 +105,7 @@ fn bench_decide(c: &mut Criterion) {
             path: &hit,
             peer,
             upgrade: false,
+            risk: 0,
         };
         assert!(decide(&p, &facts, &anonymous, NOW).is_optout());
         group.bench_with_input(BenchmarkId::new("optout_match", rules), &rules, |b, _| {
@@ -123,6 +127,7 @@ fn bench_decide(c: &mut Criterion) {
             path: &deep,
             peer,
             upgrade: false,
+            risk: 0,
         };
         assert!(decide(&p, &facts, &anonymous, NOW).is_optout());
         group.bench_with_input(
@@ -148,6 +153,7 @@ fn bench_decide(c: &mut Criterion) {
             path: &miss,
             peer,
             upgrade: false,
+            risk: 0,
         };
         assert!(matches!(
             decide(&p, &facts, &alice, NOW).verdict,

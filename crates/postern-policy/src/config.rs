@@ -42,6 +42,9 @@ pub struct Config {
     /// handshake, renewals served at `POST /v1/certs/renew`.
     #[serde(default)]
     pub ca: Option<CaConfig>,
+    /// Browser sign-in with OpenID Connect (the `oidc` factor); see docs/oidc.md.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
 
     /// The file this was read from (set by the loader, not by TOML).
     #[serde(skip)]
@@ -287,6 +290,10 @@ pub struct RouteConfig {
     /// May requests on this route upgrade (WebSocket)? Tunnelled only after the upstream answers 101.
     #[serde(default)]
     pub allow_upgrade: bool,
+    /// Step-up: a request this route lets through on an OIDC session needs
+    /// the session's `acr` to be one of these (else re-authentication).
+    #[serde(default)]
+    pub step_up_acr: Option<Vec<String>>,
 }
 
 fn default_host() -> String {
@@ -320,6 +327,14 @@ pub struct OptOutConfig {
     /// naming this rule.
     #[serde(default)]
     pub require_grant: bool,
+    /// Dynamic risk: above this request risk score (0-100) the rule does not
+    /// apply and the request must authenticate.
+    #[serde(default)]
+    pub max_risk: Option<Spanned<u8>>,
+    /// A user-chosen opt-out: the rule applies only to a user who consented
+    /// to this offer's disclosure on this device.
+    #[serde(default)]
+    pub offer: Option<Spanned<OfferConfig>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -679,4 +694,85 @@ fn default_renewal() -> bool {
 }
 fn default_max_session_age_hours() -> u64 {
     7 * 24
+}
+
+/// What a user is offered, and who may accept it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfferConfig {
+    /// Short title on the consent page, e.g. "Remember this device for read-only pages".
+    pub title: String,
+    /// The disclosure shown on the consent page, in plain words: what is
+    /// skipped, where, for how long, and the risk. Consents are bound to its
+    /// SHA-256: changing the text voids earlier consents.
+    pub disclosure: String,
+    /// How long a consent lasts, in days.
+    pub duration_days: u32,
+    /// Only users whose identity provider verified their email may accept.
+    #[serde(default = "default_true")]
+    pub require_email_verified: bool,
+    /// Only users who signed in with one of these methods (`amr`) may accept,
+    /// e.g. `["mfa", "otp", "hwk"]`. Empty: any.
+    #[serde(default)]
+    pub require_amr_any: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[oidc]`: browser sign-in with an OpenID provider (authorization code
+/// flow with PKCE, state and nonce); the session is an encrypted cookie.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer URL; discovery is read from
+    /// `<issuer>/.well-known/openid-configuration`. `https://`, or `http://`
+    /// only for a loopback host.
+    pub issuer: String,
+    pub client_id: String,
+    /// File holding the client secret (relative to the config file) ...
+    pub client_secret_file: Option<PathBuf>,
+    /// ... or environment variable holding it. Neither: a public client (PKCE only).
+    pub client_secret_env: Option<String>,
+    /// Where the provider sends the browser back (a path on this gateway).
+    #[serde(default = "default_oidc_redirect_path")]
+    pub redirect_path: String,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// A session unused this long is over.
+    #[serde(default = "default_session_idle_minutes")]
+    pub session_idle_minutes: u64,
+    /// A session is over this long after sign-in, used or not.
+    #[serde(default = "default_session_absolute_hours")]
+    pub session_absolute_hours: u64,
+    /// 32 or more random bytes that encrypt the session cookie (relative to
+    /// the config file); created (mode 0600) when missing.
+    pub cookie_key_file: PathBuf,
+    /// Extra PEM trust anchors for the provider's TLS (e.g. a local test provider).
+    pub extra_ca: Option<PathBuf>,
+    /// Which ID token claim names the principal: `sub` (default) or `email`
+    /// (accepted only with `email_verified = true`).
+    #[serde(default = "default_principal_claim")]
+    pub principal_claim: String,
+}
+
+fn default_oidc_redirect_path() -> String {
+    "/_postern/oidc/callback".to_string()
+}
+fn default_oidc_scopes() -> Vec<String> {
+    vec![
+        "openid".to_string(),
+        "email".to_string(),
+        "profile".to_string(),
+    ]
+}
+fn default_session_idle_minutes() -> u64 {
+    30
+}
+fn default_session_absolute_hours() -> u64 {
+    12
+}
+fn default_principal_claim() -> String {
+    "sub".to_string()
 }

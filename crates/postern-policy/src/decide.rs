@@ -41,6 +41,10 @@ pub struct RequestFacts<'a> {
     pub peer: IpAddr,
     /// The request asks to switch protocols (`Upgrade`).
     pub upgrade: bool,
+    /// The request's risk score, 0-100, computed at the edge from observed
+    /// signals (0 when no risk engine is configured). Opt-out rules with
+    /// `max_risk` do not apply above it.
+    pub risk: u8,
 }
 
 /// A credential that was presented but did not verify.
@@ -65,6 +69,23 @@ pub struct Identity {
     /// filled from a certificate whose chain, signature and revocation status
     /// were checked: the grant is inside the signed certificate).
     pub grants: Vec<GrantClaim>,
+    /// The OIDC session's authentication context class (`acr`), if any.
+    pub acr: Option<String>,
+    /// The OIDC session's authentication methods (`amr`).
+    pub amr: Vec<String>,
+    /// User-chosen opt-outs this user consented to on this device (from the
+    /// device-bound consent record, checked by the gateway).
+    pub consents: Vec<ConsentClaim>,
+}
+
+/// A recorded consent to an offer, as the decision core sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentClaim {
+    /// The offer (opt-out rule) id.
+    pub offer: String,
+    /// SHA-256 (hex) of the exact disclosure text the user saw.
+    pub disclosure_sha256: String,
+    pub expires: OffsetDateTime,
 }
 
 /// A grant signed into a verified client certificate.
@@ -105,6 +126,10 @@ pub enum Verdict {
     Allow { via: AuthVia },
     /// 401: authenticate with one of these factor sets.
     Challenge { accepted: Vec<FactorSet> },
+    /// 401 for a session whose authentication is too weak for the route:
+    /// re-authenticate with one of these `acr` values (RFC 9470), keeping
+    /// the session and the request.
+    StepUp { acr_values: Vec<String> },
     /// 403: authenticated, not allowed (identity not on the route, upgrade not allowed).
     Forbidden,
     /// 404: no route covers the host and path.
@@ -259,7 +284,15 @@ pub fn decide(
     let mut live = None;
     let mut grant: Option<&GrantClaim> = None;
     for rule in policy.candidates(route_index, facts.method, facts.path) {
-        match rule.inactive_reason(now, facts.peer) {
+        let why_not = rule
+            .inactive_reason(now, facts.peer)
+            .or_else(|| too_risky(rule, facts.risk))
+            .or_else(|| {
+                rule.offer
+                    .as_ref()
+                    .and_then(|o| consent_missing(o, identity, now))
+            });
+        match why_not {
             Some(why) => {
                 considered.get_or_insert(&rule.id);
                 reasons.push(why);
@@ -384,11 +417,37 @@ pub fn decide(
 
 /// The route's own requirement, without opt-outs.
 fn authenticate(route: &crate::policy::Route, identity: &Identity) -> (Verdict, String) {
-    let met = route
-        .require
-        .iter()
-        .copied()
-        .find(|alt| identity.verified.is_superset(*alt));
+    // Step-up: a session whose `acr` the route does not accept satisfies no
+    // alternative that relies on the session.
+    let weak_session = match &route.step_up_acr {
+        Some(acceptable) => !identity
+            .acr
+            .as_ref()
+            .is_some_and(|a| acceptable.contains(a)),
+        None => false,
+    };
+    let met = route.require.iter().copied().find(|alt| {
+        identity.verified.is_superset(*alt) && !(weak_session && alt.contains(Factor::Oidc))
+    });
+    if met.is_none() && weak_session {
+        let by_session = route
+            .require
+            .iter()
+            .any(|alt| alt.contains(Factor::Oidc) && identity.verified.is_superset(*alt));
+        if let (true, Some(acceptable)) = (by_session, &route.step_up_acr) {
+            return (
+                Verdict::StepUp {
+                    acr_values: acceptable.clone(),
+                },
+                format!(
+                    "route `{}` needs a session with acr {}; this session has {}",
+                    route.id,
+                    acceptable.join(" or "),
+                    identity.acr.as_deref().unwrap_or("none")
+                ),
+            );
+        }
+    }
     match met {
         Some(set) if route.admits(identity.principal.as_deref()) => (
             Verdict::Allow {
@@ -480,4 +539,49 @@ fn grant_for<'a>(
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Dynamic risk: a rule with `max_risk` stops applying above it.
+fn too_risky(rule: &crate::policy::OptOutRule, risk: u8) -> Option<String> {
+    match rule.max_risk {
+        Some(max) if risk > max => Some(format!(
+            "risk score {risk} is above max_risk {max} of rule `{}`",
+            rule.id
+        )),
+        _ => None,
+    }
+}
+
+/// A user-chosen opt-out applies only with a live consent to the offer's
+/// current disclosure (changing the text voids earlier consents).
+fn consent_missing(
+    offer: &crate::policy::OfferSpec,
+    identity: &Identity,
+    now: OffsetDateTime,
+) -> Option<String> {
+    let mine: Vec<&ConsentClaim> = identity
+        .consents
+        .iter()
+        .filter(|c| *c.offer == *offer.id)
+        .collect();
+    if mine.is_empty() {
+        return Some(format!(
+            "offer `{}` applies only to a user who consented to it on this device",
+            offer.id
+        ));
+    }
+    let current: Vec<&&ConsentClaim> = mine
+        .iter()
+        .filter(|c| c.disclosure_sha256 == offer.disclosure_sha256)
+        .collect();
+    if current.is_empty() {
+        return Some(format!(
+            "the consent to offer `{}` was given to an earlier disclosure; the user must read and accept the new one",
+            offer.id
+        ));
+    }
+    if current.iter().all(|c| now >= c.expires) {
+        return Some(format!("the consent to offer `{}` has expired", offer.id));
+    }
+    None
 }

@@ -9,15 +9,18 @@ pub enum Factor {
     Mtls,
     /// A bearer JWT from a configured issuer.
     Jwt,
+    /// A browser session from an OpenID Connect sign-in.
+    Oidc,
 }
 
 impl Factor {
-    pub const ALL: [Factor; 2] = [Factor::Mtls, Factor::Jwt];
+    pub const ALL: [Factor; 3] = [Factor::Mtls, Factor::Jwt, Factor::Oidc];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Factor::Mtls => "mtls",
             Factor::Jwt => "jwt",
+            Factor::Oidc => "oidc",
         }
     }
 
@@ -25,6 +28,7 @@ impl Factor {
         match s {
             "mtls" => Some(Factor::Mtls),
             "jwt" => Some(Factor::Jwt),
+            "oidc" => Some(Factor::Oidc),
             _ => None,
         }
     }
@@ -33,6 +37,7 @@ impl Factor {
         match self {
             Factor::Mtls => 1,
             Factor::Jwt => 2,
+            Factor::Oidc => 4,
         }
     }
 }

@@ -54,6 +54,7 @@
 //!     path: &path,
 //!     peer: "10.0.0.7".parse().map_err(|_| "ip")?,
 //!     upgrade: false,
+//!     risk: 0,
 //! };
 //! let decision = decide(&policy, &facts, &Identity::anonymous(), now);
 //! assert!(decision.is_optout());
@@ -72,10 +73,12 @@ pub mod webhook;
 
 pub use config::{Config, Diagnostic, Severity};
 pub use decide::{
-    decide, AuthVia, Condition, Decision, GrantClaim, Identity, InvalidCredential, RequestFacts,
-    Verdict,
+    decide, AuthVia, Condition, ConsentClaim, Decision, GrantClaim, Identity, InvalidCredential,
+    RequestFacts, Verdict,
 };
 pub use factor::{Factor, FactorSet};
 pub use normalize::{normalize_path, split_target, NormalizedPath, PathError};
-pub use policy::{OptOutRule, PathPattern, Policy, Route, TimeWindow, Upstream, WebhookSpec};
+pub use policy::{
+    OfferSpec, OptOutRule, PathPattern, Policy, Route, TimeWindow, Upstream, WebhookSpec,
+};
 pub use webhook::WebhookError;

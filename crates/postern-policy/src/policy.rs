@@ -86,11 +86,19 @@ pub struct Route {
     identities: Option<HashSet<String>>,
     identities_sorted: Option<Vec<String>>,
     allow_upgrade: bool,
+    /// Acceptable `acr` values for session-authenticated requests (step-up).
+    pub(crate) step_up_acr: Option<Vec<String>>,
     /// "route `x` requires a or b; verified: " (reason text, built once).
     pub(crate) requires_text: Box<str>,
 }
 
 impl Route {
+    /// Acceptable `acr` values for session-authenticated requests, if the
+    /// route demands step-up.
+    pub fn step_up_acr(&self) -> Option<&[String]> {
+        self.step_up_acr.as_deref()
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -233,11 +241,25 @@ pub struct OptOutRule {
     pub(crate) webhook: Option<Arc<WebhookSpec>>,
     pub(crate) allow_upgrade: bool,
     pub(crate) require_grant: bool,
+    /// Above this risk score the rule does not apply.
+    pub(crate) max_risk: Option<u8>,
+    /// A user-chosen opt-out: applies only with the user's consent.
+    pub(crate) offer: Option<Arc<OfferSpec>>,
     /// "opt-out rule `x` waives f (owner o: r)" (reason text, built once).
     pub(crate) waives_text: Box<str>,
 }
 
 impl OptOutRule {
+    /// The highest request risk score at which the rule still applies.
+    pub fn max_risk(&self) -> Option<u8> {
+        self.max_risk
+    }
+
+    /// The offer, for a user-chosen opt-out.
+    pub fn offer(&self) -> Option<&Arc<OfferSpec>> {
+        self.offer.as_ref()
+    }
+
     /// Does the rule apply only with a certificate grant naming it?
     pub fn require_grant(&self) -> bool {
         self.require_grant
@@ -940,6 +962,7 @@ impl<'a> Compiler<'a> {
                 identities: cfg.identities.as_ref().map(|l| l.iter().cloned().collect()),
                 identities_sorted,
                 allow_upgrade: cfg.allow_upgrade,
+                step_up_acr: cfg.step_up_acr.clone().filter(|v| !v.is_empty()),
                 requires_text,
             });
         }
@@ -1100,6 +1123,42 @@ impl<'a> Compiler<'a> {
             let source_cidrs = self.source_cidrs(cfg.source_cidrs.as_ref(), f("source_cidrs"));
             let time_window = self.time_window(cfg.time_window.as_ref(), f("time_window"));
             let webhook = self.webhook(cfg, id, f("webhook"));
+            let max_risk = match &cfg.max_risk {
+                Some(m) if *m.get_ref() > 100 => {
+                    self.error(
+                        Some(m.span()),
+                        f("max_risk"),
+                        format!(
+                            "`{}` is not a risk score: scores run from 0 to 100",
+                            m.get_ref()
+                        ),
+                    );
+                    ok = false;
+                    None
+                }
+                Some(m) => Some(*m.get_ref()),
+                None => None,
+            };
+            let offer = match &cfg.offer {
+                None => None,
+                Some(o) => {
+                    let spec = o.get_ref();
+                    let max_days = self.config.gateway.max_optout_days;
+                    if spec.disclosure.trim().is_empty() || spec.title.trim().is_empty() {
+                        self.error(Some(o.span()), f("offer"), "an offer needs a `title` and a `disclosure` the user reads before consenting");
+                        ok = false;
+                    }
+                    if spec.duration_days == 0 || spec.duration_days > max_days {
+                        self.error(Some(o.span()), f("offer.duration_days"), format!("a consent must last between 1 and {max_days} days (gateway.max_optout_days)"));
+                        ok = false;
+                    }
+                    if cfg.webhook.is_some() || cfg.require_grant {
+                        self.error(Some(o.span()), f("offer"), "an offer is a user's choice: it cannot also need a webhook signature or a certificate grant");
+                        ok = false;
+                    }
+                    Some(Arc::new(OfferSpec::new(id, spec)))
+                }
+            };
 
             let (
                 true,
@@ -1149,6 +1208,8 @@ impl<'a> Compiler<'a> {
                 webhook,
                 allow_upgrade: cfg.allow_upgrade,
                 require_grant: cfg.require_grant,
+                max_risk,
+                offer,
                 waives_text,
             });
         }
@@ -1904,4 +1965,54 @@ fn datetime_to_instant(dt: &toml::value::Datetime) -> Result<OffsetDateTime, Str
     };
     let offset = UtcOffset::from_whole_seconds(offset_secs).map_err(|_| invalid())?;
     Ok(time::PrimitiveDateTime::new(date, clock).assume_offset(offset))
+}
+
+/// A user-chosen opt-out's offer, compiled: the disclosure and its digest
+/// (consents are bound to the exact text), and who is eligible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferSpec {
+    pub id: Arc<str>,
+    pub title: String,
+    pub disclosure: String,
+    /// SHA-256 (hex) of `disclosure`.
+    pub disclosure_sha256: String,
+    pub duration_days: u32,
+    pub require_email_verified: bool,
+    pub require_amr_any: Vec<String>,
+}
+
+impl OfferSpec {
+    fn new(id: &str, cfg: &crate::config::OfferConfig) -> OfferSpec {
+        use sha2::Digest;
+        OfferSpec {
+            id: Arc::from(id),
+            title: cfg.title.clone(),
+            disclosure: cfg.disclosure.clone(),
+            disclosure_sha256: hex::encode(sha2::Sha256::digest(cfg.disclosure.as_bytes())),
+            duration_days: cfg.duration_days,
+            require_email_verified: cfg.require_email_verified,
+            require_amr_any: cfg.require_amr_any.clone(),
+        }
+    }
+
+    /// May a user with these verified claims accept the offer? Every reason
+    /// they may not, in words the consent page shows.
+    pub fn eligibility(&self, email_verified: bool, amr: &[String]) -> Result<(), Vec<String>> {
+        let mut why = Vec::new();
+        if self.require_email_verified && !email_verified {
+            why.push("your identity provider has not verified your email address".to_string());
+        }
+        if !self.require_amr_any.is_empty() && !amr.iter().any(|m| self.require_amr_any.contains(m))
+        {
+            why.push(format!(
+                "you did not sign in with a strong method ({} required)",
+                self.require_amr_any.join(" or ")
+            ));
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why)
+        }
+    }
 }

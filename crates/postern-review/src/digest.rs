@@ -27,7 +27,9 @@
 use std::path::Path;
 
 use ipnet::IpNet;
-use postern_policy::config::{OptOutConfig, RouteConfig, TimeWindowConfig, Waive, WebhookConfig};
+use postern_policy::config::{
+    OfferConfig, OptOutConfig, RouteConfig, TimeWindowConfig, Waive, WebhookConfig,
+};
 use postern_policy::{normalize_path, Config, Factor};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -55,6 +57,20 @@ pub struct CanonRoute {
     /// Alternatives, each a sorted set of factor names; alternatives sorted.
     pub require: Vec<Vec<String>>,
     pub identities: Option<Vec<String>>,
+    /// Step-up: acceptable `acr` values (dropping them lets weaker sessions in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_up_acr: Option<Vec<String>>,
+}
+
+/// A user-chosen opt-out's offer: the exact disclosure (by digest) and who
+/// may accept it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct CanonOffer {
+    pub title: String,
+    pub disclosure_sha256: String,
+    pub duration_days: u32,
+    pub require_email_verified: bool,
+    pub require_amr_any: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -88,6 +104,11 @@ pub struct CanonOptOut {
     pub allow_upgrade: bool,
     /// Only with a live grant in the client certificate naming this rule.
     pub require_grant: bool,
+    /// Above this risk score the rule does not apply (raising or dropping it widens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_risk: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offer: Option<CanonOffer>,
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -161,6 +182,7 @@ fn canon_route(r: &RouteConfig) -> CanonRoute {
         require,
         identities,
         allow_upgrade: _, // the route's own upgrade switch; opt-outs carry their own
+        step_up_acr,
     } = r;
     let raw = path_prefix.get_ref();
     let path_prefix = match normalize_path(raw) {
@@ -183,6 +205,7 @@ fn canon_route(r: &RouteConfig) -> CanonRoute {
         path_prefix,
         require,
         identities: identities.clone().map(sorted),
+        step_up_acr: step_up_acr.clone().filter(|v| !v.is_empty()).map(sorted),
     }
 }
 
@@ -220,6 +243,8 @@ fn canon_optout(o: &OptOutConfig) -> CanonOptOut {
         webhook,
         allow_upgrade,
         require_grant,
+        max_risk,
+        offer,
     } = o;
     CanonOptOut {
         id: id.get_ref().clone(),
@@ -243,6 +268,23 @@ fn canon_optout(o: &OptOutConfig) -> CanonOptOut {
         webhook: webhook.as_ref().map(|w| canon_webhook(w.get_ref())),
         allow_upgrade: *allow_upgrade,
         require_grant: *require_grant,
+        max_risk: max_risk.as_ref().map(|m| *m.get_ref()),
+        offer: offer.as_ref().map(|o| {
+            let OfferConfig {
+                title,
+                disclosure,
+                duration_days,
+                require_email_verified,
+                require_amr_any,
+            } = o.get_ref();
+            CanonOffer {
+                title: title.clone(),
+                disclosure_sha256: hex::encode(Sha256::digest(disclosure.as_bytes())),
+                duration_days: *duration_days,
+                require_email_verified: *require_email_verified,
+                require_amr_any: sorted(require_amr_any.clone()),
+            }
+        }),
     }
 }
 

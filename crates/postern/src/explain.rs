@@ -103,6 +103,7 @@ pub async fn run(a: ExplainArgs) -> Result<ExitCode> {
         path: &path,
         peer: a.peer,
         upgrade: false,
+        risk: 0,
     };
     let d = decide(&policy, &facts, &identity, now);
     let (status, verdict) = match &d.verdict {
@@ -124,6 +125,13 @@ pub async fn run(a: ExplainArgs) -> Result<ExitCode> {
                     .map(|s| s.to_string())
                     .collect::<Vec<_>>()
                     .join(" or ")
+            ),
+        ),
+        Verdict::StepUp { acr_values } => (
+            401,
+            format!(
+                "step up: sign in again with acr {}",
+                acr_values.join(" or ")
             ),
         ),
         Verdict::Forbidden => (403, "forbidden".to_string()),

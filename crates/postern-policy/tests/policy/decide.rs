@@ -29,6 +29,7 @@ struct Req<'a> {
     path: &'a str,
     peer: &'a str,
     upgrade: bool,
+    risk: u8,
 }
 
 impl<'a> Req<'a> {
@@ -39,6 +40,7 @@ impl<'a> Req<'a> {
             path,
             peer: LOCAL,
             upgrade: false,
+            risk: 0,
         }
     }
     fn from(mut self, peer: &'a str) -> Self {
@@ -53,6 +55,10 @@ impl<'a> Req<'a> {
         self.upgrade = true;
         self
     }
+    fn risk(mut self, risk: u8) -> Self {
+        self.risk = risk;
+        self
+    }
     fn run(&self, p: &Policy, id: &Identity, now: OffsetDateTime) -> Decision {
         let path = normalize_path(self.path).unwrap();
         let peer: IpAddr = self.peer.parse().unwrap();
@@ -62,6 +68,7 @@ impl<'a> Req<'a> {
             path: &path,
             peer,
             upgrade: self.upgrade,
+            risk: self.risk,
         };
         decide(p, &facts, id, now)
     }
@@ -77,6 +84,9 @@ fn user(name: &str, factors: FactorSet) -> Identity {
         verified: factors,
         invalid: vec![],
         grants: vec![],
+        acr: None,
+        amr: vec![],
+        consents: vec![],
     }
 }
 
@@ -320,6 +330,9 @@ fn present_but_invalid_credential_never_falls_into_an_optout() {
             reason: "signature does not verify".into(),
         }],
         grants: vec![],
+        acr: None,
+        amr: vec![],
+        consents: vec![],
     };
     let d = Req::new("GET", "/healthz").run(&app(), &id, NOW);
     assert_eq!(
@@ -707,6 +720,9 @@ fn batch(grants: Vec<postern_policy::GrantClaim>) -> Identity {
         verified: mtls(),
         invalid: vec![],
         grants,
+        acr: None,
+        amr: vec![],
+        consents: vec![],
     }
 }
 
@@ -805,4 +821,198 @@ fn a_grant_never_waives_more_than_it_names() {
         "{}",
         reasons(&d)
     );
+}
+
+// --- dynamic risk, step-up, user-chosen opt-outs ---
+
+fn risky_healthz() -> Policy {
+    policy(&format!("{APP_ROUTE}{HEALTHZ}max_risk = 40\n"))
+}
+
+#[test]
+fn optout_with_max_risk_stops_applying_above_it_and_applies_again_below() {
+    let p = risky_healthz();
+    let calm = Req::new("GET", "/healthz").risk(40).run(&p, &anon(), NOW);
+    assert!(calm.is_optout(), "{}", reasons(&calm));
+    let risky = Req::new("GET", "/healthz").risk(41).run(&p, &anon(), NOW);
+    assert!(matches!(risky.verdict, Verdict::Challenge { .. }));
+    assert_eq!(risky.rule.as_deref(), Some("healthz"));
+    assert!(
+        reasons(&risky).contains("risk score 41 is above max_risk 40"),
+        "{}",
+        reasons(&risky)
+    );
+}
+
+#[test]
+fn max_risk_above_100_is_refused_with_its_line() {
+    let errs = errors(&format!("{APP_ROUTE}{HEALTHZ}max_risk = 101\n"));
+    assert!(render(&errs).contains("max_risk"), "{}", render(&errs));
+}
+
+fn stepped_up() -> Policy {
+    policy(
+        r#"
+[[route]]
+id = "admin"
+host = "*"
+path_prefix = "/admin"
+upstream = "echo"
+require = [["oidc"], ["mtls"]]
+step_up_acr = ["urn:postern:mfa"]
+"#,
+    )
+}
+
+fn session(acr: Option<&str>) -> Identity {
+    let mut id = user("alice", FactorSet::EMPTY.with(Factor::Oidc));
+    id.acr = acr.map(str::to_string);
+    id
+}
+
+#[test]
+fn a_weak_session_is_asked_to_step_up_and_a_strong_one_passes() {
+    let p = stepped_up();
+    let weak = Req::new("GET", "/admin/users").run(&p, &session(Some("urn:postern:pwd")), NOW);
+    assert_eq!(
+        weak.verdict,
+        Verdict::StepUp {
+            acr_values: vec!["urn:postern:mfa".into()]
+        }
+    );
+    assert!(
+        reasons(&weak).contains("urn:postern:pwd"),
+        "{}",
+        reasons(&weak)
+    );
+    let none = Req::new("GET", "/admin/users").run(&p, &session(None), NOW);
+    assert!(matches!(none.verdict, Verdict::StepUp { .. }));
+    let strong = Req::new("GET", "/admin/users").run(&p, &session(Some("urn:postern:mfa")), NOW);
+    assert!(matches!(strong.verdict, Verdict::Allow { .. }));
+    // Another factor the route accepts is not subject to the session's acr.
+    let cert = Req::new("GET", "/admin/users").run(&p, &user("alice", mtls()), NOW);
+    assert!(matches!(cert.verdict, Verdict::Allow { .. }));
+    // Anonymous: a plain challenge, not a step-up.
+    assert!(matches!(
+        Req::new("GET", "/admin").run(&p, &anon(), NOW).verdict,
+        Verdict::Challenge { .. }
+    ));
+}
+
+const DISCLOSURE: &str = "Skips sign-in for read-only pages on this device for 30 days.";
+
+fn remember_device(disclosure: &str) -> Policy {
+    policy(&format!(
+        r#"{APP_ROUTE}
+[[route]]
+id = "docs"
+host = "*"
+path_prefix = "/docs"
+upstream = "echo"
+require = [["oidc"], ["mtls"]]
+
+[[optout]]
+id = "remember-device-readonly"
+route = "docs"
+methods = ["GET", "HEAD"]
+paths = ["/docs/**"]
+waive = ["oidc"]
+owner = "identity-team"
+reason = "users may choose not to re-authenticate for read-only pages"
+expires = 2027-01-15T00:00:00Z
+
+[optout.offer]
+title = "Remember this device"
+disclosure = "{disclosure}"
+duration_days = 30
+require_amr_any = ["mfa"]
+"#
+    ))
+}
+
+fn consented(disclosure: &str, expires: OffsetDateTime) -> Identity {
+    use sha2::Digest;
+    let mut id = user("alice", FactorSet::EMPTY);
+    id.consents = vec![postern_policy::ConsentClaim {
+        offer: "remember-device-readonly".into(),
+        disclosure_sha256: hex::encode(sha2::Sha256::digest(disclosure.as_bytes())),
+        expires,
+    }];
+    id
+}
+
+#[test]
+fn a_user_chosen_optout_applies_only_with_a_live_consent_to_the_current_disclosure() {
+    let p = remember_device(DISCLOSURE);
+    let later = datetime!(2026-12-20 00:00:00 UTC);
+    let ok = Req::new("GET", "/docs/intro").run(&p, &consented(DISCLOSURE, later), NOW);
+    assert!(ok.is_optout(), "{}", reasons(&ok));
+    let none = Req::new("GET", "/docs/intro").run(&p, &user("alice", FactorSet::EMPTY), NOW);
+    assert!(matches!(none.verdict, Verdict::Challenge { .. }));
+    assert!(reasons(&none).contains("consented"), "{}", reasons(&none));
+    let expired = Req::new("GET", "/docs/intro").run(&p, &consented(DISCLOSURE, NOW), NOW);
+    assert!(matches!(expired.verdict, Verdict::Challenge { .. }));
+    assert!(
+        reasons(&expired).contains("expired"),
+        "{}",
+        reasons(&expired)
+    );
+    // The policy's disclosure changed: the old consent is void.
+    let changed = remember_device("Skips sign-in for ALL pages on this device for 30 days.");
+    let void = Req::new("GET", "/docs/intro").run(&changed, &consented(DISCLOSURE, later), NOW);
+    assert!(matches!(void.verdict, Verdict::Challenge { .. }));
+    assert!(
+        reasons(&void).contains("earlier disclosure"),
+        "{}",
+        reasons(&void)
+    );
+    // Never beyond its methods and paths.
+    let post = Req::new("POST", "/docs/intro").run(&p, &consented(DISCLOSURE, later), NOW);
+    assert!(matches!(post.verdict, Verdict::Challenge { .. }));
+    let other = Req::new("GET", "/private").run(&p, &consented(DISCLOSURE, later), NOW);
+    assert!(matches!(other.verdict, Verdict::Challenge { .. }));
+}
+
+#[test]
+fn offer_eligibility_needs_verified_email_and_a_strong_sign_in() {
+    let p = remember_device(DISCLOSURE);
+    let offer = p
+        .optout("remember-device-readonly")
+        .unwrap()
+        .offer()
+        .unwrap()
+        .clone();
+    assert!(offer
+        .eligibility(true, &["pwd".into(), "mfa".into()])
+        .is_ok());
+    let why = offer.eligibility(false, &["pwd".into()]).unwrap_err();
+    assert_eq!(why.len(), 2, "{why:?}");
+    assert!(why[0].contains("email"));
+    assert!(why[1].contains("mfa"));
+}
+
+#[test]
+fn an_offer_with_a_webhook_or_too_long_a_duration_is_refused() {
+    let text = format!(
+        r#"{APP_ROUTE}
+[[optout]]
+id = "x"
+route = "app"
+methods = ["GET"]
+paths = ["/docs/**"]
+waive = ["oidc"]
+owner = "o"
+reason = "r"
+expires = 2027-01-15T00:00:00Z
+require_grant = true
+
+[optout.offer]
+title = "t"
+disclosure = "d"
+duration_days = 365
+"#
+    );
+    let r = render(&errors(&text));
+    assert!(r.contains("duration_days"), "{r}");
+    assert!(r.contains("cannot also need"), "{r}");
 }

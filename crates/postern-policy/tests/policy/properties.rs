@@ -254,6 +254,9 @@ fn identity(req: &Request) -> Identity {
             })
             .unwrap_or_default(),
         grants: vec![],
+        acr: None,
+        amr: vec![],
+        consents: vec![],
     }
 }
 
@@ -323,6 +326,7 @@ fn run(
         path: &path,
         peer,
         upgrade: req.upgrade,
+        risk: 0,
     };
     decide(policy, &facts, id, now)
 }
@@ -509,7 +513,7 @@ fn generators_exercise_every_verdict() {
                 } => authenticated += 1,
                 Verdict::Challenge { .. } => challenge += 1,
                 Verdict::NoRoute => no_route += 1,
-                Verdict::Forbidden => {}
+                Verdict::Forbidden | Verdict::StepUp { .. } => {}
             }
         }
     }
