@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod authn;
 pub mod certs;
+pub mod consent;
 pub mod echo;
 pub mod headers;
 pub mod metrics;
