@@ -1015,6 +1015,9 @@ enum RenewError {
         error: String,
         request_id: Option<String>,
     },
+    /// The gateway refused the client certificate at the TLS handshake (revoked, expired,
+    /// unknown issuer): it sent this alert instead of an HTTP answer.
+    HandshakeRefused { alert: String, url: String },
     /// Anything else: files, network, TLS, a response that does not fit the key.
     Failed(anyhow::Error),
 }
@@ -1042,6 +1045,11 @@ impl std::fmt::Display for RenewError {
                 }
                 Ok(())
             }
+            RenewError::HandshakeRefused { alert, url } => write!(
+                f,
+                "the gateway refused the client certificate at the tls handshake \
+                 (alert {alert}) for POST {url}: it is revoked, expired or not from its ca"
+            ),
             RenewError::Failed(e) => write!(f, "{e:#}"),
         }
     }
@@ -1088,7 +1096,7 @@ async fn renew(args: &RenewArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(e @ RenewError::Refused { .. }) => {
+        Err(e @ (RenewError::Refused { .. } | RenewError::HandshakeRefused { .. })) => {
             eprintln!("postern: {e}");
             Ok(ExitCode::from(1))
         }
@@ -1173,7 +1181,7 @@ async fn renew_once(ctx: &RenewCtx) -> Result<Renewed, RenewError> {
         .and_then(|csr| csr.pem())
         .context("making the certificate signing request")?;
 
-    let (status, body) = tokio::time::timeout(EXCHANGE_TIMEOUT, post_csr(ctx, tls, csr))
+    let exchange = tokio::time::timeout(EXCHANGE_TIMEOUT, post_csr(ctx, tls, csr))
         .await
         .map_err(|_| {
             anyhow!(
@@ -1181,8 +1189,19 @@ async fn renew_once(ctx: &RenewCtx) -> Result<Renewed, RenewError> {
                 ctx.gateway.url,
                 EXCHANGE_TIMEOUT.as_secs()
             )
-        })?
-        .with_context(|| format!("POST {}", ctx.gateway.url))?;
+        })?;
+    let (status, body) = match exchange {
+        Ok(answer) => answer,
+        Err(e) => {
+            return Err(match refusal_alert(&e) {
+                Some(alert) => RenewError::HandshakeRefused {
+                    alert: format!("{alert:?}"),
+                    url: ctx.gateway.url.clone(),
+                },
+                None => RenewError::Failed(e.context(format!("POST {}", ctx.gateway.url))),
+            })
+        }
+    };
 
     if status != 200 {
         let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
@@ -1250,6 +1269,37 @@ async fn renew_once(ctx: &RenewCtx) -> Result<Renewed, RenewError> {
         serial_hex: leaf.serial_hex,
         not_after: leaf.not_after,
     })
+}
+
+/// The TLS alert with which the gateway refused our certificate, if that is why `e` happened.
+/// (With TLS 1.3 the server's verdict on the client certificate arrives after the client's
+/// handshake completed, so it surfaces from the first read, inside hyper and io errors.)
+fn refusal_alert(e: &anyhow::Error) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription as A;
+    let alert = e.chain().find_map(|cause| {
+        let rustls_error = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        match rustls_error {
+            Some(rustls::Error::AlertReceived(alert)) => Some(*alert),
+            _ => None,
+        }
+    })?;
+    matches!(
+        alert,
+        A::CertificateRevoked
+            | A::CertificateExpired
+            | A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+            | A::CertificateRequired
+    )
+    .then_some(alert)
 }
 
 fn pem_block(label: &str, der: &[u8]) -> String {

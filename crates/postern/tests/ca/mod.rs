@@ -501,6 +501,8 @@ enum Mode {
     Sign { ttl: Duration },
     /// Answer 403 with the gateway's JSON error body.
     Refuse,
+    /// Trust another CA for client certificates: the handshake refuses the client.
+    ForeignClientCa,
 }
 
 struct Stub {
@@ -524,7 +526,16 @@ async fn stub(ca_dir: &Path, mode: Mode) -> Stub {
         .unwrap();
     let provider = postern_gateway::tls::provider();
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(store.ca().cert_der().to_vec().into()).unwrap();
+    let anchor = match mode {
+        Mode::ForeignClientCa => {
+            postern_pki::Ca::generate_root("other", "other.org", Default::default(), now)
+                .unwrap()
+                .cert_der()
+                .to_vec()
+        }
+        _ => store.ca().cert_der().to_vec(),
+    };
+    roots.add(anchor.into()).unwrap();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .unwrap();
@@ -600,6 +611,7 @@ async fn answer(
                 .unwrap();
         }
         Mode::Sign { ttl } => ttl,
+        Mode::ForeignClientCa => unreachable!("the handshake refuses the client"),
     };
     let now = OffsetDateTime::now_utc();
     let id = postern_pki::client_identity(peer, store.ca().trust_domain(), now).unwrap();
@@ -748,6 +760,21 @@ async fn a_refused_renewal_prints_the_gateways_error_and_keeps_the_files() {
     assert_eq!(std::fs::read(client.join("alice.pem")).unwrap(), cert);
     assert_eq!(std::fs::read(client.join("alice.key")).unwrap(), key);
 
+    // A gateway that does not accept the client's certificate: refused at the handshake.
+    let foreign = self::stub(&tmp.path().join("ca"), Mode::ForeignClientCa).await;
+    let out = renew_cmd(&client, &foreign, &[])
+        .await
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refused the client certificate at the tls handshake"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(client.join("alice.pem")).unwrap(), cert);
+
     // A gateway that is not trusted by --ca: the handshake fails, files untouched.
     let other = tempfile::tempdir().unwrap();
     init_ca(other.path());
@@ -829,4 +856,75 @@ async fn watch_retries_then_exits_1_when_the_certificate_expires() {
         "{stderr}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+// --------------------------------------------------------------------------------------
+// renew, against the real gateway (the demo)
+// --------------------------------------------------------------------------------------
+
+async fn renew_at(demo: &crate::support::Demo, cert: &str, key: &str) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_postern"))
+        .current_dir(demo.dir.path())
+        .args(["ca", "renew", "--cert", cert, "--key", key])
+        .args([
+            "--gateway",
+            &format!("https://localhost:{}", demo.addr.port()),
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_at_the_gateway_then_refused_once_revoked() {
+    let demo = crate::support::Demo::start().await;
+    let dir = demo.dir.path();
+    let first = serial_of(dir, "batch.pem");
+    let (code, stdout, stderr) = renew_at(&demo, "batch.pem", "batch.key").await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.starts_with("renewed "), "{stdout}");
+    let renewed = serial_of(dir, "batch.pem");
+    assert_ne!(renewed, first);
+    // Same identity, same grant, and the new certificate opens the gateway.
+    let text = openssl(&["x509", "-in", "batch.pem", "-noout", "-text"], dir);
+    assert!(text.contains("\"id\":\"reports-batch\""), "{text}");
+    openssl(&["verify", "-CAfile", "ca.pem", "batch.pem"], dir);
+
+    ok(dir, &["ca", "revoke", "--dir", ".", "--serial", &renewed]);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (code, stdout, stderr) = renew_at(&demo, "batch.pem", "batch.key").await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.to_lowercase().contains("revoked"), "{stderr}");
+    assert_eq!(serial_of(dir, "batch.pem"), renewed, "files kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_at_the_gateway_is_refused_past_the_maximum_session_age() {
+    let demo = crate::support::Demo::start().await;
+    let dir = demo.dir.path();
+    let store = CaStore::open(dir).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let req = ClientCertRequest::new("alice", Kind::User, Duration::hours(1))
+        .continuing_session(now - Duration::days(8));
+    let old = store.issue_client_with(&req, now).unwrap();
+    std::fs::write(dir.join("old.pem"), &old.cert_pem).unwrap();
+    postern_pki::write_private_key(dir.join("old.key"), &old.key_pem).unwrap();
+
+    let (code, stdout, stderr) = renew_at(&demo, "old.pem", "old.key").await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("HTTP 403") && stderr.contains("session"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("request_id"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("old.pem")).unwrap(),
+        old.cert_pem
+    );
 }
