@@ -45,6 +45,10 @@ pub struct Config {
     /// Browser sign-in with OpenID Connect (the `oidc` factor); see docs/oidc.md.
     #[serde(default)]
     pub oidc: Option<OidcConfig>,
+    /// The request risk score that opt-outs with `max_risk` are held to
+    /// (see [`crate::risk`]); absent: every request scores 0.
+    #[serde(default)]
+    pub risk: Option<RiskConfig>,
 
     /// The file this was read from (set by the loader, not by TOML).
     #[serde(skip)]
@@ -775,4 +779,44 @@ fn default_session_absolute_hours() -> u64 {
 }
 fn default_principal_claim() -> String {
     "sub".to_string()
+}
+
+/// `[risk]`: what the risk score counts and how much (see [`crate::risk`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskConfig {
+    /// Sources that score nothing for where they are.
+    #[serde(default)]
+    pub trusted_cidrs: Vec<Spanned<String>>,
+    /// Sources that score `untrusted_source` (wins over `trusted_cidrs`).
+    #[serde(default)]
+    pub untrusted_cidrs: Vec<Spanned<String>>,
+    /// The sliding window of the counted signals, seconds (default 60).
+    pub rate_window_secs: Option<Spanned<u64>>,
+    /// Requests per window per source, and per identity, that are normal
+    /// (default 100); the rate signals reach their weight at twice it.
+    pub rate_threshold: Option<Spanned<u64>>,
+    /// Invalid credentials per source per window that score
+    /// `auth_failures` in full (default 5).
+    pub auth_failure_threshold: Option<Spanned<u64>>,
+    /// Uses of one opt-out rule per window that are normal (default 600);
+    /// `optout_velocity` reaches its weight at twice it.
+    pub optout_velocity_threshold: Option<Spanned<u64>>,
+    /// Points per signal, 0-100 each; an absent weight is 0.
+    pub weights: Option<RiskWeightsConfig>,
+}
+
+/// `[risk.weights]`: points per signal, 0-100 each.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskWeightsConfig {
+    pub untrusted_source: Option<Spanned<u64>>,
+    pub unknown_source: Option<Spanned<u64>>,
+    pub new_device: Option<Spanned<u64>>,
+    pub rate_per_source: Option<Spanned<u64>>,
+    pub rate_per_identity: Option<Spanned<u64>>,
+    pub auth_failures: Option<Spanned<u64>>,
+    pub outside_window: Option<Spanned<u64>>,
+    pub optout_velocity: Option<Spanned<u64>>,
+    pub old_tls: Option<Spanned<u64>>,
 }

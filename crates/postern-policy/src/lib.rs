@@ -69,6 +69,7 @@ pub mod decide;
 pub mod factor;
 pub mod normalize;
 pub mod policy;
+pub mod risk;
 pub mod webhook;
 
 pub use config::{Config, Diagnostic, Severity};

@@ -72,6 +72,8 @@ pub struct Policy {
     trusted_proxies: Vec<IpNet>,
     upstreams: Vec<Upstream>,
     webhook_headers: Vec<String>,
+    /// The compiled `[risk]` section; `None`: every request scores 0.
+    risk: Option<crate::risk::RiskModel>,
 }
 
 /// A compiled route: which requests it covers and what they must prove.
@@ -461,6 +463,11 @@ impl Policy {
         self.optout_ids.get(id).and_then(|&i| self.optouts.get(i))
     }
 
+    /// The risk model opt-outs with `max_risk` are held to (`[risk]`).
+    pub fn risk(&self) -> Option<&crate::risk::RiskModel> {
+        self.risk.as_ref()
+    }
+
     /// Proxies whose `x-forwarded-for` is believed (bare IPs as /32 or /128).
     pub fn trusted_proxies(&self) -> &[IpNet] {
         &self.trusted_proxies
@@ -662,6 +669,8 @@ impl<'a> Compiler<'a> {
                 .copied()
         };
         let optouts = self.optouts(&routes, &route_ids, &route_of);
+        let (risk, risk_diagnostics) = crate::risk::compile(self.config);
+        self.diagnostics.extend(risk_diagnostics);
 
         let mut optout_index: Vec<HashMap<Box<str>, RuleIndex>> =
             routes.iter().map(|_| HashMap::new()).collect();
@@ -711,6 +720,7 @@ impl<'a> Compiler<'a> {
             trusted_proxies,
             upstreams,
             webhook_headers,
+            risk,
         };
         // File order, for `postern check`; the sort is stable, so problems
         // found at the same place keep the order they were found in.
@@ -1725,7 +1735,7 @@ fn unknown_factor(name: &str) -> String {
 }
 
 /// A CIDR, or a bare IP as a single-address network.
-fn parse_net(s: &str) -> Result<IpNet, String> {
+pub(crate) fn parse_net(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
     if let Ok(net) = s.parse::<IpNet>() {
         if net.trunc() != net {
