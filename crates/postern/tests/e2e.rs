@@ -12,3 +12,4 @@ mod cli;
 mod gateway;
 mod review;
 mod observe;
+mod browser;
