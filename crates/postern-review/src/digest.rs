@@ -14,6 +14,10 @@
 //!   or removing another route changes which requests reach an opt-out's route;
 //! - `gateway.trusted_proxies`, which decide whose `x-forwarded-for` counts
 //!   against `source_cidrs`.
+//! - the `[risk]` section (CIDR lists normalized and sorted, window,
+//!   thresholds, weights) when any opt-out sets `max_risk`: lowering a
+//!   weight or trusting a range lets such a rule apply where it did not.
+//!   Without a `max_risk` rule it decides nothing and is left out.
 //!
 //! What is not: upstream names and addresses, TLS, JWT, audit and listener
 //! settings, comments, formatting, order of tables and of list items.
@@ -28,8 +32,10 @@ use std::path::Path;
 
 use ipnet::IpNet;
 use postern_policy::config::{
-    OfferConfig, OptOutConfig, RouteConfig, TimeWindowConfig, Waive, WebhookConfig,
+    OfferConfig, OptOutConfig, RiskConfig, RiskWeightsConfig, RouteConfig, TimeWindowConfig, Waive,
+    WebhookConfig,
 };
+use postern_policy::risk;
 use postern_policy::{normalize_path, Config, Factor};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -47,6 +53,22 @@ pub struct Canonical {
     pub trusted_proxies: Vec<String>,
     pub routes: Vec<CanonRoute>,
     pub optouts: Vec<CanonOptOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk: Option<CanonRisk>,
+}
+
+/// `[risk]`, with every default filled in (an explicit default and an
+/// absent field are the same risk model).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CanonRisk {
+    pub trusted_cidrs: Vec<String>,
+    pub untrusted_cidrs: Vec<String>,
+    pub rate_window_secs: u64,
+    pub rate_threshold: u64,
+    pub auth_failure_threshold: u64,
+    pub optout_velocity_threshold: u64,
+    /// `(signal, points)`, every signal, in a fixed order.
+    pub weights: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -288,6 +310,62 @@ fn canon_optout(o: &OptOutConfig) -> CanonOptOut {
     }
 }
 
+fn canon_risk(r: &RiskConfig) -> CanonRisk {
+    let RiskConfig {
+        trusted_cidrs,
+        untrusted_cidrs,
+        rate_window_secs,
+        rate_threshold,
+        auth_failure_threshold,
+        optout_velocity_threshold,
+        weights,
+    } = r;
+    let RiskWeightsConfig {
+        untrusted_source,
+        unknown_source,
+        new_device,
+        rate_per_source,
+        rate_per_identity,
+        auth_failures,
+        outside_window,
+        optout_velocity,
+        old_tls,
+    } = weights.clone().unwrap_or_default();
+    let n =
+        |v: &Option<toml::Spanned<u64>>, default: u64| v.as_ref().map_or(default, |v| *v.get_ref());
+    let nets =
+        |v: &[toml::Spanned<String>]| sorted(v.iter().map(|s| canon_net(s.get_ref())).collect());
+    let weights = [
+        ("untrusted_source", untrusted_source),
+        ("unknown_source", unknown_source),
+        ("new_device", new_device),
+        ("rate_per_source", rate_per_source),
+        ("rate_per_identity", rate_per_identity),
+        ("auth_failures", auth_failures),
+        ("outside_window", outside_window),
+        ("optout_velocity", optout_velocity),
+        ("old_tls", old_tls),
+    ]
+    .iter()
+    .map(|(name, v)| (name.to_string(), n(v, 0)))
+    .collect();
+    CanonRisk {
+        trusted_cidrs: nets(trusted_cidrs),
+        untrusted_cidrs: nets(untrusted_cidrs),
+        rate_window_secs: n(rate_window_secs, risk::DEFAULT_RATE_WINDOW_SECS),
+        rate_threshold: n(rate_threshold, u64::from(risk::DEFAULT_RATE_THRESHOLD)),
+        auth_failure_threshold: n(
+            auth_failure_threshold,
+            u64::from(risk::DEFAULT_AUTH_FAILURE_THRESHOLD),
+        ),
+        optout_velocity_threshold: n(
+            optout_velocity_threshold,
+            u64::from(risk::DEFAULT_OPTOUT_VELOCITY_THRESHOLD),
+        ),
+        weights,
+    }
+}
+
 impl Canonical {
     /// The canonical form of a parsed config. Pure: reads no files.
     pub fn of(config: &Config) -> Canonical {
@@ -315,6 +393,16 @@ impl Canonical {
             ),
             routes,
             optouts,
+            risk: config
+                .risk
+                .as_ref()
+                .filter(|_| {
+                    config
+                        .optouts
+                        .iter()
+                        .any(|o| o.get_ref().max_risk.is_some())
+                })
+                .map(canon_risk),
         }
     }
 
@@ -529,6 +617,32 @@ url = "http://127.0.0.1:9000"
             "{BASE}\n[[route]]\nid = \"api\"\npath_prefix = \"/api\"\nupstream = \"echo\"\nrequire = [[\"mtls\"]]\n"
         );
         assert_ne!(d(BASE), d(&more));
+    }
+
+    #[test]
+    fn risk_section_counts_only_when_a_rule_sets_max_risk() {
+        let risk = "\n[risk]\nuntrusted_cidrs = [\"192.0.2.0/24\", \"198.51.100.0/24\"]\n[risk.weights]\nuntrusted_source = 60\n";
+        // No max_risk: the risk model decides nothing about opt-outs.
+        assert_eq!(d(BASE), d(&format!("{BASE}{risk}")));
+        let gated = BASE.replacen(
+            "source_cidrs = [\"127.0.0.0/8\", \"::1/128\"]",
+            "source_cidrs = [\"127.0.0.0/8\", \"::1/128\"]\nmax_risk = 40",
+            1,
+        );
+        let with = d(&format!("{gated}{risk}"));
+        assert_ne!(d(&gated), with);
+        // Same model, other spelling: order of CIDRs, explicit defaults.
+        let respelled = "\n[risk]\nuntrusted_cidrs = [\"198.51.100.0/24\", \"192.0.2.0/24\"]\nrate_window_secs = 60\n[risk.weights]\nuntrusted_source = 60\nold_tls = 0\n";
+        assert_eq!(with, d(&format!("{gated}{respelled}")));
+        for (from, to) in [
+            ("untrusted_source = 60", "untrusted_source = 10"),
+            ("\"192.0.2.0/24\", ", ""),
+            ("[risk]\n", "[risk]\ntrusted_cidrs = [\"0.0.0.0/0\"]\n"),
+            ("[risk]\n", "[risk]\nrate_threshold = 1000\n"),
+        ] {
+            let changed = risk.replacen(from, to, 1);
+            assert_ne!(with, d(&format!("{gated}{changed}")), "{from} -> {to}");
+        }
     }
 
     fn shuffle<T: Clone>(v: &[T], seed: &[usize]) -> Vec<T> {
