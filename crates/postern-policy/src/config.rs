@@ -115,6 +115,15 @@ fn default_upstream_timeout() -> u64 {
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// The admin console: a separate TLS listener (the gateway's server
+    /// certificate) that requires a client certificate from the configured
+    /// client CAs. Absent: no console.
+    #[serde(default)]
+    pub console_listen: Option<SocketAddr>,
+    /// Principals whose client certificate opens the console (e.g. `alice`);
+    /// any other verified certificate gets 403.
+    #[serde(default)]
+    pub console_identities: Vec<String>,
 }
 
 fn default_admin_listen() -> SocketAddr {
