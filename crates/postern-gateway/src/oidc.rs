@@ -302,6 +302,7 @@ pub struct Oidc {
     redirect_path: String,
     scopes: String,
     principal_email: bool,
+    post_logout_path: Option<String>,
     pub sessions: Sessions,
     client: UpstreamClient,
     provider: Mutex<Option<Arc<Provider>>>,
@@ -368,6 +369,13 @@ impl Oidc {
                 ))
             }
         };
+        if let Some(p) = &cfg.post_logout_redirect_path {
+            if safe_return_to(p).is_none() || p.contains(['?', '#']) {
+                return Err(format!(
+                    "[oidc] post_logout_redirect_path `{p}` must be a path such as /"
+                ));
+            }
+        }
         if cfg.session_idle_minutes == 0 || cfg.session_absolute_hours == 0 {
             return Err(
                 "[oidc] session_idle_minutes and session_absolute_hours must be above 0"
@@ -383,6 +391,7 @@ impl Oidc {
             redirect_path: cfg.redirect_path.clone(),
             scopes: cfg.scopes.join(" "),
             principal_email,
+            post_logout_path: cfg.post_logout_redirect_path.clone(),
             sessions: Sessions::new(
                 keys,
                 &cfg.issuer,
@@ -689,10 +698,15 @@ impl Oidc {
         let mut resp = match end_session {
             Some(url) => {
                 let sep = if url.contains('?') { '&' } else { '?' };
-                let loc = format!(
-                    "{url}{sep}{}",
-                    form_encode(&[("client_id", &self.client_id)])
-                );
+                let back = self
+                    .post_logout_path
+                    .as_ref()
+                    .map(|p| format!("https://{}{p}", req.authority));
+                let mut params = vec![("client_id", self.client_id.as_str())];
+                if let Some(b) = &back {
+                    params.push(("post_logout_redirect_uri", b));
+                }
+                let loc = format!("{url}{sep}{}", form_encode(&params));
                 let mut r = redirect(StatusCode::SEE_OTHER, "/");
                 match HeaderValue::from_str(&loc) {
                     Ok(v) => {

@@ -768,6 +768,11 @@ pub struct OidcConfig {
     /// (accepted only with `email_verified = true`).
     #[serde(default = "default_principal_claim")]
     pub principal_claim: String,
+    /// After sign-out, ask the provider to send the browser back to this
+    /// path on the gateway (`post_logout_redirect_uri`; it must be
+    /// registered at the provider). Absent: the provider's own page.
+    #[serde(default)]
+    pub post_logout_redirect_path: Option<String>,
 }
 
 fn default_oidc_redirect_path() -> String {

@@ -299,7 +299,7 @@ async fn demo_with_oidc(idp: &Idp) -> Demo {
         1,
     );
     let text = format!(
-        "{text}\n[[route]]\nid = \"admin\"\npath_prefix = \"/admin\"\nupstream = \"echo\"\nrequire = [[\"oidc\"]]\nstep_up_acr = [\"{MFA}\"]\n\n[oidc]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"oidc.secret\"\ncookie_key_file = \"cookie.key\"\n",
+        "{text}\n[[route]]\nid = \"admin\"\npath_prefix = \"/admin\"\nupstream = \"echo\"\nrequire = [[\"oidc\"]]\nstep_up_acr = [\"{MFA}\"]\n\n[oidc]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"oidc.secret\"\ncookie_key_file = \"cookie.key\"\npost_logout_redirect_path = \"/signed-out\"\n",
         idp.issuer()
     );
     std::fs::write(&cfg, text).unwrap();
@@ -702,7 +702,13 @@ async fn forged_expired_and_replayed_sessions() {
     assert_eq!(r.status, 303);
     assert_eq!(
         r.header("location"),
-        Some(format!("{}/logout?client_id={CLIENT_ID}", idp.issuer()).as_str())
+        Some(
+            format!(
+                "{}/logout?client_id={CLIENT_ID}&post_logout_redirect_uri=https%3A%2F%2Flocalhost%2Fsigned-out",
+                idp.issuer()
+            )
+            .as_str()
+        )
     );
     assert!(
         b.cookie("__Host-postern_session").is_none(),
