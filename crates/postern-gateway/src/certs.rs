@@ -100,6 +100,11 @@ impl CertAuthority {
         self.store.dir()
     }
 
+    /// The CA store (issuance index, revocation), for the admin console.
+    pub fn store(&self) -> &CaStore {
+        &self.store
+    }
+
     /// Re-read `revoked.json` and `crl.pem`; keep the previous snapshot on error.
     pub fn reload(&self) -> Result<(), String> {
         let list = RevocationList::load(self.store.revoked_path()).map_err(|e| e.to_string())?;

@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod authn;
 pub mod certs;
 pub mod consent;
+pub mod console;
 pub mod echo;
 pub mod headers;
 pub mod metrics;
@@ -61,6 +62,9 @@ pub struct Shared {
     pub upstream_timeout: Duration,
     pub metrics: Arc<metrics::Metrics>,
     pub alerts: alerts::Alerts,
+    /// What the admin console shows that the request path records (recent
+    /// opt-out uses, the policy serving now), and its hooks.
+    pub console: console::ConsoleState,
 }
 
 impl Shared {

@@ -328,6 +328,14 @@ async fn attempt(shared: &Shared, state: &mut State) -> ReloadOutcome {
             state.pinned = candidate.pinned;
             outcome.generation = state.generation;
             outcome.loaded = true;
+            shared.console.policy_loaded(crate::console::PolicyInfo {
+                generation: state.generation,
+                loaded_at: Some(OffsetDateTime::now_utc()),
+                config: state.config_path.display().to_string(),
+                digest: outcome.digest.clone(),
+                approvers: outcome.approvers.clone(),
+                quorum: state.pinned.as_ref().map(|r| r.quorum),
+            });
             shared
                 .metrics
                 .policy_loaded(state.generation, OffsetDateTime::now_utc());

@@ -49,6 +49,8 @@ pub struct RunningGateway {
     pub local_addr: SocketAddr,
     /// The admin (metrics) listener, when `[admin]` is configured.
     pub admin_addr: Option<SocketAddr>,
+    /// The admin console (mTLS), when `[admin] console_listen` is configured.
+    pub console_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -220,6 +222,11 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
         upstream_timeout: Duration::from_secs(config.gateway.upstream_timeout_secs),
         metrics,
         alerts,
+        console: crate::console::ConsoleState::new(crate::console::PolicyInfo::of(
+            config,
+            0,
+            OffsetDateTime::now_utc(),
+        )),
     });
     let listener = TcpListener::bind(config.gateway.listen)
         .await
@@ -255,10 +262,12 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
             Some(addr)
         }
     };
+    let console_addr = crate::console::start(config, &shared, stop_rx.clone()).await?;
     let task = tokio::spawn(accept_loop(listener, acceptor, shared.clone(), stop_rx));
     Ok(RunningGateway {
         local_addr,
         admin_addr,
+        console_addr,
         shared,
         stop,
         task,

@@ -267,6 +267,17 @@ async fn pipeline(
                 &ctx.peer,
                 ctx.path.as_deref(),
             );
+            shared.console.optout_used(crate::console::OptOutUse {
+                at: now,
+                rule: rule.clone(),
+                request_id: ctx.request_id.clone(),
+                audit_seq: seq,
+                identity: ctx.identity.clone(),
+                peer: ctx.peer.clone(),
+                method: ctx.method.clone(),
+                path: ctx.path.clone(),
+                grant: decision.grant.as_deref().map(str::to_string),
+            });
         }
         if let Err(e) = written {
             shared.metrics.audit_failure();

@@ -113,3 +113,50 @@ pub fn server_config_with_crls(
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
+
+/// The admin console's listener: the gateway's certificate, and a client
+/// certificate from one of `client_cas` is **required** (no
+/// `allow_unauthenticated`: a client without one fails the handshake), with
+/// the CA's CRLs as for the gateway. HTTP/1.1 only. Whether the verified
+/// identity may use the console is checked per request.
+pub fn console_server_config(
+    cert: &Path,
+    key: &Path,
+    client_cas: &[std::path::PathBuf],
+    crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+) -> Result<ServerConfig, TlsError> {
+    if client_cas.is_empty() {
+        return Err(TlsError::Config(
+            "the admin console needs client CAs ([tls] client_ca) to verify admin certificates"
+                .to_string(),
+        ));
+    }
+    let provider = provider();
+    let chain = load_certs(cert)?;
+    let key = load_key(key)?;
+    let mut roots = RootCertStore::empty();
+    for p in client_cas {
+        for c in load_certs(p)? {
+            roots.add(c).map_err(|e| TlsError::BadAnchor {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if !crls.is_empty() {
+        vb = vb
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    let verifier = vb.build().map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}

@@ -13,3 +13,4 @@ mod gateway;
 mod review;
 mod observe;
 mod browser;
+mod console;
