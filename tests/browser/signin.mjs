@@ -27,7 +27,6 @@ await scenario('signin', {}, async ({ page }) => {
   const echo = await echoJson(page);
   check(echo.headers?.['x-postern-identity'] === 'alice', 'the upstream sees x-postern-identity: alice', JSON.stringify(echo.headers));
   check(echo.query === 'x=1', 'the upstream got the original query', JSON.stringify(echo.query));
-  await screenshot(page, 'signed-in-echo');
 
   // The session carries on: a second protected page needs no sign-in.
   await page.goto(new URL('/private/again', base).href);

@@ -158,7 +158,7 @@ impl Provider {
 /// to the demo directory).
 pub fn oidc_section(provider: &Provider) -> String {
     format!(
-        "\n[oidc]\nissuer = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"oidc-client.secret\"\ncookie_key_file = \"oidc-cookie.key\"\nextra_ca = \"ca.pem\"\n",
+        "\n[oidc]\nissuer = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"oidc-client.secret\"\ncookie_key_file = \"oidc-cookie.key\"\nextra_ca = \"ca.pem\"\npost_logout_redirect_path = \"/\"\n",
         provider.issuer, provider.client_id
     )
 }
