@@ -38,6 +38,16 @@ pub async fn run(dir: &Path, listen: SocketAddr) -> Result<()> {
         println!("curl -s http://{admin}/metrics");
         println!();
     }
+    if let Some(console) = gw.console_addr {
+        let d = dir.display();
+        println!("# The admin console (mTLS: alice's certificate; rules, live opt-out uses, grants with revoke buttons):");
+        println!(
+            "curl -s --cacert {d}/ca.pem --cert {d}/alice.pem --key {d}/alice.key https://localhost:{}/",
+            console.port()
+        );
+        println!("# in a browser: import alice's certificate (openssl pkcs12 -export -in {d}/alice.pem -inkey {d}/alice.key -out alice.p12) and open https://localhost:{}/", console.port());
+        println!();
+    }
     println!(
         "postern demo ready on https://localhost:{} (Ctrl-C to stop)",
         gw.local_addr.port()
@@ -234,9 +244,13 @@ pub fn config_text(listen: SocketAddr, now: OffsetDateTime) -> String {
 listen = "{listen}"
 
 # Prometheus metrics (plain HTTP, loopback only): GET /metrics.
-# Port 0 picks a free port; the demo prints the URL.
+# The admin console: HTTPS that requires a client certificate naming one of
+# console_identities (alice's opens it; any other certificate gets 403).
+# Port 0 picks a free port; the demo prints the URLs.
 [admin]
 listen = "127.0.0.1:0"
+console_listen = "127.0.0.1:0"
+console_identities = ["alice"]
 
 [tls]
 cert = "server.pem"

@@ -126,6 +126,9 @@ async fn serve(path: &Path) -> anyhow::Result<()> {
     if let Some(admin) = gw.admin_addr {
         tracing::info!("metrics on http://{admin}/metrics");
     }
+    if let Some(console) = gw.console_addr {
+        tracing::info!("admin console (mTLS) on https://{console}/");
+    }
     let reloader = postern_gateway::reload::spawn_reloader(
         gw.shared.clone(),
         path.to_path_buf(),

@@ -12,29 +12,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-/// The demo with the console on (alice is the admin).
+/// The demo, whose console is on (alice is the admin).
 async fn demo_with_console() -> Demo {
-    let dir = tempfile::tempdir().unwrap();
-    postern::demo::prepare(
-        dir.path(),
-        "127.0.0.1:0".parse().unwrap(),
-        OffsetDateTime::now_utc(),
-    )
-    .unwrap();
-    let cfg = dir.path().join("postern.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let text = text.replacen(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n",
-        "[admin]\nlisten = \"127.0.0.1:0\"\nconsole_listen = \"127.0.0.1:0\"\nconsole_identities = [\"alice\"]\n",
-        1,
-    );
+    let d = Demo::start().await;
+    let text = std::fs::read_to_string(d.path("postern.toml")).unwrap();
     assert!(
-        text.contains("console_listen"),
-        "the demo's [admin] section moved"
+        text.contains("console_identities = [\"alice\"]"),
+        "the demo's console is on, for alice"
     );
-    std::fs::write(&cfg, text).unwrap();
-    crate::browser::reapprove(dir.path());
-    Demo::start_in(dir).await
+    d
 }
 
 fn console_addr(d: &Demo) -> SocketAddr {
