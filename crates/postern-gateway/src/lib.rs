@@ -13,6 +13,7 @@ pub mod headers;
 pub mod metrics;
 pub mod reload;
 pub mod respond;
+pub mod risk;
 pub mod server;
 pub mod service;
 pub mod tls;
@@ -62,6 +63,9 @@ pub struct Shared {
     pub upstream_timeout: Duration,
     pub metrics: Arc<metrics::Metrics>,
     pub alerts: alerts::Alerts,
+    /// Recent requests, failures, opt-out uses and devices (bounded), for
+    /// the risk score.
+    pub risk: risk::RiskState,
     /// What the admin console shows that the request path records (recent
     /// opt-out uses, the policy serving now), and its hooks.
     pub console: console::ConsoleState,

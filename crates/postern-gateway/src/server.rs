@@ -222,6 +222,7 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
         upstream_timeout: Duration::from_secs(config.gateway.upstream_timeout_secs),
         metrics,
         alerts,
+        risk: crate::risk::RiskState::default(),
         console: crate::console::ConsoleState::new(crate::console::PolicyInfo::of(
             config,
             0,
@@ -379,5 +380,11 @@ async fn handshake_refused(shared: &Shared, peer: SocketAddr, reason: String) {
     ev.decision = Some("refused".to_string());
     ev.reasons = vec![format!("TLS handshake refused: {reason}")];
     shared.audit.append(ev).await;
+    // A refused client certificate is a failed authentication from this source.
+    if let Some(model) = shared.runtime.load().policy.risk() {
+        shared
+            .risk
+            .auth_failure(model, peer.ip(), OffsetDateTime::now_utc());
+    }
     crate::alerts::handshake_refused(shared, peer, &reason);
 }

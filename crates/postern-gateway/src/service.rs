@@ -49,6 +49,8 @@ struct Ctx {
     started: Instant,
     /// The last audited `(decision, route)`: the final answer, for metrics.
     outcome: std::sync::Mutex<Option<(String, String)>>,
+    /// The request's risk score and contributions (`[risk]` configured).
+    risk: Option<serde_json::Value>,
 }
 
 impl Ctx {
@@ -85,7 +87,24 @@ impl Ctx {
                 ev.extra = Some(serde_json::json!({ "grant": g.as_ref() }));
             }
         }
+        if let Some(risk) = &self.risk {
+            extra_insert(&mut ev, "risk", risk.clone());
+        }
         ev
+    }
+}
+
+/// Add `key` to a record's `extra` object, keeping what is there.
+fn extra_insert(ev: &mut AuditEvent, key: &str, value: serde_json::Value) {
+    match &mut ev.extra {
+        Some(serde_json::Value::Object(map)) => {
+            map.insert(key.to_string(), value);
+        }
+        Some(other) => {
+            let other = other.take();
+            ev.extra = Some(serde_json::json!({ "extra": other, key: value }));
+        }
+        None => ev.extra = Some(serde_json::json!({ key: value })),
     }
 }
 
@@ -107,6 +126,7 @@ pub async fn handle(
         creds: CredentialDetails::default(),
         started: Instant::now(),
         outcome: std::sync::Mutex::new(None),
+        risk: None,
     };
     let resp = match pipeline(&shared, &conn, req, now, &mut ctx).await {
         Ok(resp) => resp,
@@ -176,14 +196,26 @@ async fn pipeline(
         }
     }
 
-    // 3. Decide (pure).
+    // 3. Decide (pure), with the request's risk score.
+    let risk = assess_risk(
+        shared,
+        conn,
+        &runtime.policy,
+        &parts,
+        &host,
+        &path,
+        client_ip,
+        &identity,
+        now,
+        ctx,
+    );
     let facts = RequestFacts {
         method: parts.method.as_str(),
         host: &host,
         path: &path,
         peer: client_ip,
         upgrade,
-        risk: 0,
+        risk,
     };
     let decide_started = Instant::now();
     let mut decision = decide(&runtime.policy, &facts, &identity, now);
@@ -259,6 +291,9 @@ async fn pipeline(
             .observe(write_started.elapsed());
         if let Ok(seq) = written {
             shared.metrics.optout_used(&rule);
+            if let Some(model) = runtime.policy.risk() {
+                shared.risk.optout_used(model, &rule, now);
+            }
             shared.alerts.optout_used(
                 &rule,
                 &ctx.request_id,
@@ -343,6 +378,9 @@ async fn pipeline(
             );
             shared.audit.append(ev).await;
             if !identity.invalid.is_empty() {
+                if let Some(model) = runtime.policy.risk() {
+                    shared.risk.auth_failure(model, client_ip, now);
+                }
                 shared.alerts.credential_refused(
                     Some(&ctx.request_id),
                     &ctx.peer,
@@ -560,6 +598,41 @@ async fn forward(
     ))
 }
 
+/// Score the request (when `[risk]` is configured) and keep the score and
+/// its contributions for the audit records. Counts the request against its
+/// source and identity; the device is the verified client certificate.
+#[allow(clippy::too_many_arguments)]
+fn assess_risk(
+    shared: &Shared,
+    conn: &ConnInfo,
+    policy: &postern_policy::Policy,
+    parts: &http::request::Parts,
+    host: &str,
+    path: &postern_policy::NormalizedPath,
+    client_ip: std::net::IpAddr,
+    identity: &Identity,
+    now: OffsetDateTime,
+    ctx: &mut Ctx,
+) -> u8 {
+    let Some(model) = policy.risk() else { return 0 };
+    let rules = crate::risk::candidate_rules(policy, host, parts.method.as_str(), path);
+    let device = if identity.verified.contains(postern_policy::Factor::Mtls) {
+        ctx.creds.cert_fingerprint.as_deref()
+    } else {
+        None
+    };
+    let obs = crate::risk::Observation {
+        source: client_ip,
+        identity: identity.principal.as_deref(),
+        device,
+        tls_version: conn.tls_version,
+        rules: &rules,
+    };
+    let (signals, score) = shared.risk.assess(model, &obs, now);
+    ctx.risk = Some(crate::risk::audit_json(&signals, &score));
+    score.total
+}
+
 fn auth_label(via: &AuthVia) -> String {
     match via {
         AuthVia::Authenticated(set) => set.to_string(),
@@ -751,6 +824,11 @@ async fn renew(
             ev.kind = "renewal";
             ev.extra = Some(serde_json::json!({ "new_serial": issued.serial_hex }));
             shared.audit.append(ev).await;
+            if let Some(principal) = &identity.principal {
+                // The renewed certificate continues this device.
+                let fp = postern_pki::fingerprint_sha256(&issued.cert_der);
+                shared.risk.device_seen(principal, &fp);
+            }
             let mut pem = issued.cert_pem;
             pem.push_str(ca.chain_pem());
             let mut resp = Response::new(respond::full(pem));

@@ -34,6 +34,9 @@ pub struct ExplainArgs {
     /// Bearer token.
     #[arg(long)]
     jwt: Option<String>,
+    /// TLS version the client negotiated (`1.2` scores `old_tls`).
+    #[arg(long, default_value = "1.3", value_parser = ["1.2", "1.3"])]
+    tls_version: String,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -97,13 +100,36 @@ pub async fn run(a: ExplainArgs) -> Result<ExitCode> {
     let authz: Vec<&[u8]> = header.iter().map(|h| h.as_bytes()).collect();
     let (identity, creds) = authn.authenticate(&cert, &authz, now);
 
+    // The risk score as a freshly started gateway would compute it for this
+    // request: source lists, TLS version and time windows are known here;
+    // recent rates, failures, opt-out uses and seen devices are not (an
+    // empty state: the certificate is a new device, the request is the
+    // first one counted).
+    let risk = policy.risk().map(|model| {
+        let state = postern_gateway::risk::RiskState::new(16);
+        let rules = postern_gateway::risk::candidate_rules(&policy, &host, &a.method, &path);
+        let device = if identity.verified.contains(postern_policy::Factor::Mtls) {
+            creds.cert_fingerprint.as_deref()
+        } else {
+            None
+        };
+        let tls_version = format!("TLSv{}", a.tls_version);
+        let obs = postern_gateway::risk::Observation {
+            source: a.peer,
+            identity: identity.principal.as_deref(),
+            device,
+            tls_version: &tls_version,
+            rules: &rules,
+        };
+        state.assess(model, &obs, now)
+    });
     let facts = RequestFacts {
         method: &a.method,
         host: &host,
         path: &path,
         peer: a.peer,
         upgrade: false,
-        risk: 0,
+        risk: risk.as_ref().map_or(0, |(_, score)| score.total),
     };
     let d = decide(&policy, &facts, &identity, now);
     let (status, verdict) = match &d.verdict {
@@ -162,6 +188,7 @@ pub async fn run(a: ExplainArgs) -> Result<ExitCode> {
             "cert_serial": creds.cert_serial,
             "condition": condition,
             "fallback_if_audit_or_condition_fails": d.fallback.as_ref().map(|f| format!("{:?}", f.verdict)),
+            "risk": risk.as_ref().map(|(signals, score)| postern_gateway::risk::audit_json(signals, score)),
             "reasons": d.reasons,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -188,6 +215,15 @@ pub async fn run(a: ExplainArgs) -> Result<ExitCode> {
                 "  fallback:  {:?} (if the audit record cannot be written or the condition fails)",
                 f.verdict
             );
+        }
+        if let Some((_, score)) = &risk {
+            println!(
+                "  risk:      {} of 100 (from an empty signal state)",
+                score.total
+            );
+            for (signal, points) in &score.contributions {
+                println!("    + {points:>3} {signal}");
+            }
         }
         println!("  why:");
         for r in &d.reasons {

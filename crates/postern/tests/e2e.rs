@@ -14,3 +14,4 @@ mod review;
 mod observe;
 mod browser;
 mod console;
+mod risk;
