@@ -229,6 +229,22 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
             OffsetDateTime::now_utc(),
         )),
     });
+    if config.risk.is_some() {
+        // The console's "risk signals that fired most". Weak: the hook lives
+        // in `Shared` and must not keep it alive.
+        let weak = Arc::downgrade(&shared);
+        let _ = shared.console.top_signals.set(Box::new(move || {
+            weak.upgrade()
+                .map(|s| {
+                    s.risk
+                        .fired()
+                        .into_iter()
+                        .map(|(name, n)| (name.to_string(), n))
+                        .collect()
+                })
+                .unwrap_or_default()
+        }));
+    }
     let listener = TcpListener::bind(config.gateway.listen)
         .await
         .map_err(|source| GatewayError::Bind {

@@ -237,6 +237,15 @@ async fn max_risk_optout_stops_during_a_burst_and_applies_again_when_it_calms() 
         .await;
     assert_eq!(other.status, 200);
 
+    // The admin console lists the signal among those that fired most.
+    let console = d.gw.as_ref().unwrap().console_addr.expect("demo console");
+    let page = Client::new(console, &d.path("ca.pem"))
+        .get(Some(&d.alice()), "/", &[])
+        .await;
+    assert_eq!(page.status, 200);
+    let page = String::from_utf8_lossy(&page.body).into_owned();
+    assert!(page.contains("<code>rate_per_source</code>"), "{page}");
+
     calm_down().await;
     let calm = c.get(None, "/healthz", &[]).await;
     assert_eq!(
