@@ -454,3 +454,42 @@ async fn chromium_with_alices_certificate_uses_the_console() {
         .is_revoked(&serial_of(&batch(&d)))
         .unwrap());
 }
+
+/// With `[risk]`, the console lists the signals that fired most.
+#[tokio::test]
+async fn the_console_lists_the_risk_signals_that_fired_most() {
+    let dir = tempfile::tempdir().unwrap();
+    postern::demo::prepare(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let cfg = dir.path().join("postern.toml");
+    let config = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "id = \"healthz\"\n",
+        "id = \"healthz\"\nmax_risk = 40\n",
+        1,
+    ) + "\n[risk]\ntrusted_cidrs = [\"127.0.0.1/32\"]\nuntrusted_cidrs = [\"127.0.0.2/32\"]\n[risk.weights]\nuntrusted_source = 60\nunknown_source = 20\n";
+    std::fs::write(&cfg, config).unwrap();
+    crate::browser::reapprove(dir.path());
+    let d = Demo::start_in(dir).await;
+    let mut untrusted = d.client();
+    untrusted.from = Some("127.0.0.2".parse().unwrap());
+    assert_eq!(untrusted.get(None, "/healthz", &[]).await.status, 401);
+    assert_eq!(untrusted.get(None, "/healthz", &[]).await.status, 401);
+    let mut unknown = d.client();
+    unknown.from = Some("127.0.0.3".parse().unwrap());
+    assert_eq!(unknown.get(None, "/healthz", &[]).await.status, 200);
+
+    let page = text(&console(&d).get(Some(&d.alice()), "/", &[]).await);
+    let signals = page.split("id=signals").nth(1).unwrap();
+    let untrusted_at = signals
+        .find("<code>untrusted_source</code></td><td>2</td>")
+        .unwrap_or_else(|| panic!("untrusted_source fired twice: {signals}"));
+    let unknown_at = signals
+        .find("<code>unknown_source</code></td><td>1</td>")
+        .unwrap_or_else(|| panic!("unknown_source fired once: {signals}"));
+    assert!(untrusted_at < unknown_at, "most first");
+    assert!(page.contains("risk ≤ 40"), "the rule's ceiling is shown");
+}
