@@ -24,6 +24,8 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use crate::session::SessionState;
+
 /// Facts about the credentials, for the audit record.
 #[derive(Debug, Clone, Default)]
 pub struct CredentialDetails {
@@ -219,7 +221,7 @@ impl JwtVerifier {
 
 /// The algorithm a JWK may be used with: from its `alg`, else from its key type.
 /// HMAC (`oct`) keys are never usable.
-fn pinned_alg(jwk: &Jwk) -> Option<Algorithm> {
+pub(crate) fn pinned_alg(jwk: &Jwk) -> Option<Algorithm> {
     let from_type = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => Algorithm::RS256,
         AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
@@ -251,6 +253,21 @@ impl Authenticator {
         &self,
         cert: &PeerCert,
         authorization: &[&[u8]],
+        now: OffsetDateTime,
+    ) -> (Identity, CredentialDetails) {
+        self.authenticate_with_session(cert, authorization, &SessionState::Absent, now)
+    }
+
+    /// As [`Authenticator::authenticate`], with the request's browser
+    /// session (read by [`crate::session::Sessions::read`]): a valid session
+    /// is the `oidc` factor with its `acr`/`amr`; a forged, tampered or
+    /// replayed one is an invalid credential; an expired one is absent (the
+    /// browser signs in again).
+    pub fn authenticate_with_session(
+        &self,
+        cert: &PeerCert,
+        authorization: &[&[u8]],
+        session: &SessionState,
         now: OffsetDateTime,
     ) -> (Identity, CredentialDetails) {
         let mut id = Identity::anonymous();
@@ -334,6 +351,17 @@ impl Authenticator {
             }),
         }
 
+        match session {
+            SessionState::Absent | SessionState::Expired { .. } => {}
+            SessionState::Valid { session, .. } => {
+                principals.push((Factor::Oidc, session.principal.clone()));
+            }
+            SessionState::Invalid { reason } => id.invalid.push(InvalidCredential {
+                factor: Factor::Oidc,
+                reason: reason.clone(),
+            }),
+        }
+
         // Factors that disagree on who this is prove nothing.
         if let Some((_, first)) = principals.first() {
             if principals.iter().any(|(_, p)| p != first) {
@@ -356,6 +384,10 @@ impl Authenticator {
             }
             if let Some(gs) = grants {
                 id.grants = gs.iter().filter_map(grant_claim).collect();
+            }
+            if let Some(s) = session.session() {
+                id.acr = s.acr.clone();
+                id.amr = s.amr.clone();
             }
         }
         (id, details)

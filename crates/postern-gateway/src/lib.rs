@@ -11,11 +11,13 @@ pub mod console;
 pub mod echo;
 pub mod headers;
 pub mod metrics;
+pub mod oidc;
 pub mod reload;
 pub mod respond;
 pub mod risk;
 pub mod server;
 pub mod service;
+pub mod session;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -63,6 +65,8 @@ pub struct Shared {
     pub upstream_timeout: Duration,
     pub metrics: Arc<metrics::Metrics>,
     pub alerts: alerts::Alerts,
+    /// Browser sign-in (`[oidc]`), when configured.
+    pub oidc: Option<Arc<oidc::Oidc>>,
     /// Recent requests, failures, opt-out uses and devices (bounded), for
     /// the risk score.
     pub risk: risk::RiskState,

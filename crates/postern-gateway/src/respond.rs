@@ -60,6 +60,17 @@ pub fn challenge(
     accepted: &[FactorSet],
     invalid: &[InvalidCredential],
 ) -> Response<Body> {
+    challenge_with_sign_in(request_id, accepted, invalid, None)
+}
+
+/// [`challenge`], naming the browser sign-in URL when OIDC is configured
+/// and an alternative accepts a session.
+pub fn challenge_with_sign_in(
+    request_id: &str,
+    accepted: &[FactorSet],
+    invalid: &[InvalidCredential],
+    sign_in: Option<&str>,
+) -> Response<Body> {
     let how: Vec<String> = accepted.iter().map(|s| describe(*s)).collect();
     let jwt_invalid = invalid.iter().any(|i| i.factor == Factor::Jwt);
     let mut body = json!({
@@ -73,10 +84,23 @@ pub fn challenge(
             .map(|i| json!({ "factor": i.factor.as_str(), "reason": i.reason }))
             .collect();
     }
+    let wants_oidc = accepted.iter().any(|s| s.contains(Factor::Oidc));
+    let sign_in = sign_in.filter(|_| wants_oidc);
+    if let Some(url) = sign_in {
+        body["sign_in"] = json!(url);
+    }
     let mut resp = json(StatusCode::UNAUTHORIZED, request_id, body);
     let wants_jwt = accepted.iter().any(|s| s.contains(Factor::Jwt));
     let wants_mtls = accepted.iter().any(|s| s.contains(Factor::Mtls)) || accepted.is_empty();
     let h = resp.headers_mut();
+    if let Some(url) = sign_in {
+        // No registered scheme names a browser sign-in; this one says where.
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            r#"OpenIDConnect realm="postern", sign_in="{url}""#
+        )) {
+            h.append(WWW_AUTHENTICATE, v);
+        }
+    }
     if wants_jwt {
         let v = if jwt_invalid {
             r#"Bearer realm="postern", error="invalid_token""#
@@ -85,7 +109,7 @@ pub fn challenge(
         };
         h.append(WWW_AUTHENTICATE, HeaderValue::from_static(v));
     }
-    if wants_mtls || !wants_jwt {
+    if wants_mtls || !(wants_jwt || sign_in.is_some()) {
         h.append(
             WWW_AUTHENTICATE,
             HeaderValue::from_static(r#"ClientCertificate realm="postern""#),

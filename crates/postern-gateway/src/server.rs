@@ -208,6 +208,14 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
     metrics.policy_loaded(0, OffsetDateTime::now_utc());
     let alerts = crate::alerts::Alerts::start(&config.alerts, upstream_client()?, metrics.clone())
         .map_err(GatewayError::Config)?;
+    let oidc = match &config.oidc {
+        None => None,
+        Some(o) => {
+            let o = Arc::new(crate::oidc::Oidc::new(o, config).map_err(GatewayError::Config)?);
+            o.prefetch();
+            Some(o)
+        }
+    };
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(Runtime { policy, upstreams }),
         authn: Authenticator { jwt, ca },
@@ -222,6 +230,7 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
         upstream_timeout: Duration::from_secs(config.gateway.upstream_timeout_secs),
         metrics,
         alerts,
+        oidc,
         risk: crate::risk::RiskState::default(),
         console: crate::console::ConsoleState::new(crate::console::PolicyInfo::of(
             config,

@@ -26,6 +26,7 @@ use time::OffsetDateTime;
 use crate::authn::{CredentialDetails, PeerCert};
 use crate::headers;
 use crate::respond;
+use crate::session::SessionState;
 use crate::{Body, Shared};
 
 /// What the gateway knows about a connection, fixed at handshake.
@@ -49,6 +50,9 @@ struct Ctx {
     started: Instant,
     /// The last audited `(decision, route)`: the final answer, for metrics.
     outcome: std::sync::Mutex<Option<(String, String)>>,
+    /// `Set-Cookie` values for the answer, whatever it is (session refresh,
+    /// clearing an expired or refused session cookie).
+    set_cookies: Vec<HeaderValue>,
     /// The request's risk score and contributions (`[risk]` configured).
     risk: Option<serde_json::Value>,
 }
@@ -126,12 +130,16 @@ pub async fn handle(
         creds: CredentialDetails::default(),
         started: Instant::now(),
         outcome: std::sync::Mutex::new(None),
+        set_cookies: Vec::new(),
         risk: None,
     };
-    let resp = match pipeline(&shared, &conn, req, now, &mut ctx).await {
+    let mut resp = match pipeline(&shared, &conn, req, now, &mut ctx).await {
         Ok(resp) => resp,
         Err(resp) => resp,
     };
+    for c in ctx.set_cookies.drain(..) {
+        resp.headers_mut().append(http::header::SET_COOKIE, c);
+    }
     if let Ok(mut o) = ctx.outcome.lock() {
         if let Some((decision, route)) = o.take() {
             shared.metrics.request(&decision, &route);
@@ -184,7 +192,61 @@ async fn pipeline(
         .iter()
         .map(|v| v.as_bytes())
         .collect();
-    let (identity, creds) = shared.authn.authenticate(&conn.cert, &authz, now);
+    // Browser sign-in: postern's own endpoints, then the session cookie.
+    if let Some(oidc) = shared.oidc.as_deref() {
+        if oidc.owns(path.as_str()) {
+            let authority = crate::oidc::request_authority(&parts).unwrap_or_else(|| host.clone());
+            let req = crate::oidc::EndpointRequest {
+                method: &parts.method,
+                path: path.as_str(),
+                query: query.as_deref(),
+                headers: &parts.headers,
+                authority: &authority,
+                request_id: &ctx.request_id,
+                peer: &ctx.peer,
+                host: &host,
+            };
+            return Err(oidc.endpoint(&req, &shared.audit, now).await);
+        }
+    }
+    let session = match shared.oidc.as_deref() {
+        Some(oidc) => oidc.read_session(&parts.headers, now),
+        None => SessionState::Absent,
+    };
+    match (&session, shared.oidc.as_deref()) {
+        (
+            SessionState::Valid {
+                session: s,
+                refresh: true,
+            },
+            Some(oidc),
+        ) => {
+            if let Ok(c) = oidc.sessions.refreshed(s, now) {
+                ctx.set_cookies.push(c);
+            }
+        }
+        (SessionState::Expired { .. }, _) => {
+            ctx.set_cookies
+                .push(crate::session::clear_cookie(crate::session::SESSION_COOKIE));
+        }
+        (SessionState::Invalid { reason }, _) => {
+            ctx.set_cookies
+                .push(crate::session::clear_cookie(crate::session::SESSION_COOKIE));
+            let ev = crate::oidc::session_refused_event(
+                now,
+                &ctx.request_id,
+                &ctx.peer,
+                ctx.host.as_deref(),
+                ctx.path.as_deref(),
+                reason,
+            );
+            shared.audit.append(ev).await;
+        }
+        _ => {}
+    }
+    let (identity, creds) = shared
+        .authn
+        .authenticate_with_session(&conn.cert, &authz, &session, now);
     ctx.creds = creds;
     ctx.identity = identity.principal.clone();
     let upgrade = parts.headers.contains_key(UPGRADE);
@@ -343,15 +405,30 @@ async fn pipeline(
             ))
         }
         Verdict::StepUp { acr_values } => {
+            // A browser re-authenticates at the provider and comes back to
+            // the request, keeping its session; an API client gets RFC 9470.
+            let resp = match shared
+                .oidc
+                .as_deref()
+                .filter(|_| crate::oidc::is_browser(&parts.headers))
+            {
+                Some(oidc) => {
+                    let target = return_target(&path, query.as_deref());
+                    let resume = hold_body(&parts, body).await;
+                    oidc.begin_sign_in(&parts, &target, resume, Some(acr_values.clone()), now)
+                        .await
+                }
+                None => respond::step_up(&ctx.request_id, acr_values),
+            };
             let ev = ctx.event(
                 now,
                 "step_up",
-                401,
+                resp.status().as_u16(),
                 Some(&decision),
                 decision.reasons.clone(),
             );
             shared.audit.append(ev).await;
-            Err(respond::step_up(&ctx.request_id, acr_values))
+            Err(resp)
         }
         Verdict::Forbidden => {
             let ev = ctx.event(
@@ -369,10 +446,29 @@ async fn pipeline(
             ))
         }
         Verdict::Challenge { accepted } => {
+            // A browser that a sign-in would let through goes to sign in and
+            // comes back (invariant 7); everyone else gets 401 naming the ways.
+            let resp = match shared
+                .oidc
+                .as_deref()
+                .filter(|o| o.sign_in_helps(&parts.headers, accepted, &identity))
+            {
+                Some(oidc) => {
+                    let target = return_target(&path, query.as_deref());
+                    let resume = hold_body(&parts, body).await;
+                    oidc.begin_sign_in(&parts, &target, resume, None, now).await
+                }
+                None => respond::challenge_with_sign_in(
+                    &ctx.request_id,
+                    accepted,
+                    &identity.invalid,
+                    shared.oidc.as_ref().map(|_| crate::oidc::LOGIN_PATH),
+                ),
+            };
             let ev = ctx.event(
                 now,
                 "challenge",
-                401,
+                resp.status().as_u16(),
                 Some(&decision),
                 decision.reasons.clone(),
             );
@@ -392,11 +488,7 @@ async fn pipeline(
                         .collect(),
                 );
             }
-            Err(respond::challenge(
-                &ctx.request_id,
-                accepted,
-                &identity.invalid,
-            ))
+            Err(resp)
         }
         Verdict::Allow { via } => {
             let via = via.clone();
@@ -489,6 +581,7 @@ async fn forward(
         None
     };
     headers::sanitize_request(&mut parts.headers, decision.upgrade_allowed);
+    crate::session::strip_request_cookies(&mut parts.headers);
     parts.headers.remove(HOST);
     let h = &mut parts.headers;
     if let Ok(v) = HeaderValue::from_str(xff_chain) {
@@ -578,6 +671,7 @@ async fn forward(
     }
     let (mut rparts, rbody) = resp.into_parts();
     headers::sanitize_response(&mut rparts.headers, switching);
+    crate::session::strip_response_cookies(&mut rparts.headers);
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
         rparts.headers.insert("x-postern-request-id", v);
     }
@@ -723,6 +817,65 @@ fn header_str<'a>(req: &'a http::request::Parts, name: &str) -> Option<&'a str> 
 fn new_request_id() -> String {
     let n: u128 = rand::random();
     format!("{n:032x}")
+}
+
+/// Where a browser returns after signing in: the matched path and the query.
+fn return_target(path: &postern_policy::NormalizedPath, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{}?{q}", path.as_str()),
+        None => path.as_str().to_string(),
+    }
+}
+
+/// Read a body that may be held across a sign-in (at most 64 KiB, within
+/// 10 s); safe methods need none.
+async fn hold_body(parts: &http::request::Parts, body: ForwardBody) -> crate::oidc::Resume {
+    use crate::oidc::{Resume, MAX_HELD_BODY};
+    if parts.method == Method::GET || parts.method == Method::HEAD {
+        return Resume::Url;
+    }
+    let too_large = || Resume::Unheld(format!("it was larger than {} KiB", MAX_HELD_BODY / 1024));
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match body {
+        ForwardBody::Buffered(b) if b.len() <= MAX_HELD_BODY => Resume::Body(b),
+        ForwardBody::Buffered(_) => too_large(),
+        ForwardBody::Streaming(b) if declared.is_some_and(|n| n > MAX_HELD_BODY) => {
+            // Read and drop it (bounded), so the browser sees the redirect
+            // rather than a connection reset.
+            drain(b, 1 << 20).await;
+            too_large()
+        }
+        ForwardBody::Streaming(b) => {
+            let read = Limited::new(b, MAX_HELD_BODY).collect();
+            match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+                Ok(Ok(c)) => Resume::Body(c.to_bytes()),
+                Ok(Err(e))
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
+                    too_large()
+                }
+                Ok(Err(_)) => Resume::Unheld("its body could not be read".to_string()),
+                Err(_) => Resume::Unheld("its body took too long to arrive".to_string()),
+            }
+        }
+    }
+}
+
+/// Discard up to `limit` bytes of a body within 10 s.
+async fn drain(mut body: Incoming, limit: usize) {
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while seen <= limit {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => seen += f.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
+    }
 }
 
 /// The request body on its way upstream: streamed, or buffered because it

@@ -13,5 +13,6 @@ mod gateway;
 mod review;
 mod observe;
 mod browser;
+mod oidc;
 mod console;
 mod risk;
