@@ -353,8 +353,11 @@ pub(crate) fn compile(config: &Config) -> (Option<RiskModel>, Vec<Diagnostic>) {
         diagnostics: Vec::new(),
     };
     let model = config.risk.as_ref().map(|r| c.model(r));
+    // A weight refused above reads as 0: say so once, as that error.
+    let refused = c.diagnostics.iter().any(|d| d.severity == Severity::Error);
     let inert = match &model {
         None => Some("there is no [risk] section, so every request scores 0"),
+        Some(_) if refused => None,
         Some(m) if Signal::ALL.iter().all(|s| m.weights.weight(*s) == 0) => {
             Some("every [risk.weights] weight is 0, so every request scores 0")
         }
@@ -910,6 +913,12 @@ max_risk = 40
         let (_, d) = compiled(extra);
         let e: Vec<_> = d.iter().filter(|d| d.severity == Severity::Error).collect();
         assert_eq!(e.len(), 1, "{d:?}");
+        let (_, d) = compiled("[risk]\n[risk.weights]\nold_tls = 300\n");
+        assert_eq!(
+            d.len(),
+            1,
+            "only the error, no 'every weight is 0' warning: {d:?}"
+        );
         assert_eq!(e[0].field, "risk.weights.new_device");
         assert_eq!(e[0].line, line_of(extra, "new_device = 101"));
         assert_eq!(e[0].file, Path::new("p.toml"));
