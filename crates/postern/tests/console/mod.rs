@@ -493,3 +493,77 @@ async fn the_console_lists_the_risk_signals_that_fired_most() {
     assert!(untrusted_at < unknown_at, "most first");
     assert!(page.contains("risk ≤ 40"), "the rule's ceiling is shown");
 }
+
+/// The consents hook: once the gateway's consent store is connected, its
+/// active consents are listed, and the Revoke button (CSRF-checked) takes
+/// one back, audited as the admin's.
+#[tokio::test]
+async fn connected_consents_are_listed_and_revocable() {
+    use postern_gateway::consent::{ConsentRecord, ConsentStore};
+    let d = demo_with_console().await;
+    let shared = d.gw.as_ref().unwrap().shared.clone();
+    let store = match shared.console.consents.get() {
+        Some(s) => s.clone(),
+        None => {
+            let s = Arc::new(
+                ConsentStore::open(
+                    &d.path("console-consents.jsonl"),
+                    &d.path("console-consents.key"),
+                )
+                .unwrap(),
+            );
+            let _ = shared.console.consents.set(s.clone());
+            shared.console.consents.get().unwrap().clone()
+        }
+    };
+    let now = OffsetDateTime::now_utc();
+    store
+        .record(ConsentRecord {
+            id: "c-test-1".to_string(),
+            principal: "carol".to_string(),
+            offer: "remember-device-readonly".to_string(),
+            disclosure_sha256: "ab".repeat(32),
+            device: "dev-0123456789abcdef".to_string(),
+            created: now,
+            expires: now + time::Duration::days(30),
+            revoked: None,
+        })
+        .unwrap();
+
+    let c = console(&d);
+    let alice = d.alice();
+    let page = text(&c.get(Some(&alice), "/", &[]).await);
+    let consents = page.split("id=consents").nth(1).unwrap();
+    assert!(consents.contains("<code>carol</code>"), "{consents}");
+    assert!(consents.contains("<code>remember-device-readonly</code>"));
+    let csrf = form_value(&page, "csrf");
+
+    // Without the token: refused, still active.
+    let r = post(&c, &alice, "/consents/revoke", "id=c-test-1", &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(store.all_active(OffsetDateTime::now_utc()).len(), 1);
+
+    let r = post(
+        &c,
+        &alice,
+        "/consents/revoke",
+        &format!("csrf={csrf}&id=c-test-1"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    assert!(store.all_active(OffsetDateTime::now_utc()).is_empty());
+    let page = text(&c.get(Some(&alice), "/?consent_revoked=1", &[]).await);
+    assert!(page.contains("Consent revoked"));
+    assert!(!page
+        .split("id=consents")
+        .nth(1)
+        .unwrap()
+        .contains("<code>carol</code>"));
+    let rec = audit_records(&d)
+        .into_iter()
+        .find(|r| r["kind"] == "console" && r["extra"]["action"] == "revoke_consent")
+        .expect("audit record of the consent revocation");
+    assert_eq!(rec["identity"], "alice");
+    assert_eq!(rec["extra"]["holder"], "carol");
+}
