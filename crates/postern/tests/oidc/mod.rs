@@ -404,12 +404,28 @@ fn set_cookie<'a>(r: &'a Resp, prefix: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn session_records(d: &Demo) -> Vec<serde_json::Value> {
-    lines(&d.path("audit.jsonl"))
-        .iter()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "session")
-        .collect()
+/// The `session` audit records, once `ready` holds for them (records are
+/// buffered: wait up to 5 s for them to reach the file).
+async fn session_records(
+    d: &Demo,
+    ready: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let recs: Vec<serde_json::Value> = lines(&d.path("audit.jsonl"))
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "session")
+            .collect();
+        if ready(&recs) || std::time::Instant::now() > deadline {
+            return recs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn count(recs: &[serde_json::Value], decision: &str) -> usize {
+    recs.iter().filter(|v| v["decision"] == decision).count()
 }
 
 #[tokio::test]
@@ -475,7 +491,7 @@ async fn a_browser_signs_in_and_lands_back_on_the_url_with_its_query() {
     // The upstream never sees the session cookie; its own cookies pass.
     assert_eq!(r.upstream_header("cookie").as_deref(), Some("app=kept"));
 
-    let recs = session_records(&d);
+    let recs = session_records(&d, |r| count(r, "login") >= 1).await;
     let login = recs
         .iter()
         .find(|v| v["decision"] == "login")
@@ -605,7 +621,7 @@ async fn state_nonce_and_pkce_mismatches_are_refused() {
         assert_eq!(r.status, 401, "{t:?}: {}", String::from_utf8_lossy(&r.body));
         assert!(b.cookie("__Host-postern_session").is_none(), "{t:?}");
     }
-    let recs = session_records(&d);
+    let recs = session_records(&d, |r| count(r, "login_failed") >= 7).await;
     let failed: Vec<String> = recs
         .iter()
         .filter(|v| v["decision"] == "login_failed")
@@ -646,9 +662,12 @@ async fn forged_expired_and_replayed_sessions() {
         r.status, 401,
         "a forged session never falls into the healthz opt-out"
     );
-    assert!(session_records(&d)
-        .iter()
-        .any(|v| v["decision"] == "refused"));
+    assert!(
+        count(
+            &session_records(&d, |r| count(r, "refused") >= 1).await,
+            "refused"
+        ) >= 1
+    );
 
     // Expired (genuine, but idle too long): sign in again, not "invalid".
     let keys = postern_gateway::session::CookieKeys::load_or_create(&d.path("cookie.key")).unwrap();
@@ -730,7 +749,8 @@ async fn forged_expired_and_replayed_sessions() {
         "{}",
         r.json()
     );
-    assert!(session_records(&d)
+    assert!(session_records(&d, |r| count(r, "logout") >= 1)
+        .await
         .iter()
         .any(|v| v["decision"] == "logout" && v["identity"] == "alice-sub"));
 }
@@ -865,7 +885,8 @@ async fn step_up_re_authenticates_keeping_the_session_and_the_request() {
     let mut b = Browser::new(&d);
     let r = b.get("/private").await;
     b.sign_in(&idp, &r).await;
-    let first = session_records(&d)
+    let first = session_records(&d, |r| count(r, "login") >= 1)
+        .await
         .into_iter()
         .find(|v| v["decision"] == "login")
         .unwrap();
@@ -898,7 +919,7 @@ async fn step_up_re_authenticates_keeping_the_session_and_the_request() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["query"], "x=1");
 
-    let recs = session_records(&d);
+    let recs = session_records(&d, |r| count(r, "login") >= 2).await;
     let upgraded = recs
         .iter()
         .rev()
