@@ -33,6 +33,10 @@ await scenario('console', {
   check(/^sha256:[0-9a-f]{64}$/.test(digest), 'the policy digest is shown', digest);
   const row = page.locator('section#grants tbody tr', { has: page.locator(`input[name="serial"][value="${serial}"]`) });
   check((await row.count()) === 1, 'the grant certificate is listed');
+  const consents = await page.locator('section#consents tbody tr').count();
+  check(consents >= 1, 'active consents listed with revoke buttons', String(consents));
+  const signals = await page.locator('section#signals tbody tr').count();
+  check(signals >= 1, 'risk signals that fired most listed', String(signals));
   await screenshot(page, 'admin-console');
 
   await Promise.all([page.waitForURL(/revoked=/), row.locator('button').click()]);

@@ -399,7 +399,26 @@ async fn a_post_without_the_right_csrf_token_is_refused() {
 /// page. With `POSTERN_SCREENSHOTS=1` it saves docs/screenshots/admin-console.png.
 #[tokio::test]
 async fn chromium_with_alices_certificate_uses_the_console() {
-    let d = demo_with_console().await;
+    let d = demo_with_risk().await;
+    let mut untrusted = d.client();
+    untrusted.from = Some("127.0.0.2".parse().unwrap());
+    assert_eq!(untrusted.get(None, "/healthz", &[]).await.status, 401);
+    let mut unknown = d.client();
+    unknown.from = Some("127.0.0.3".parse().unwrap());
+    assert_eq!(unknown.get(None, "/healthz", &[]).await.status, 200);
+    let now = OffsetDateTime::now_utc();
+    consent_store(&d)
+        .record(postern_gateway::consent::ConsentRecord {
+            id: "c-demo-1".to_string(),
+            principal: "carol".to_string(),
+            offer: "remember-device-readonly".to_string(),
+            disclosure_sha256: "5e".repeat(32),
+            device: "d7c1f0a4b2e94f6a".to_string(),
+            created: now,
+            expires: now + time::Duration::days(30),
+            revoked: None,
+        })
+        .unwrap();
     // Some traffic, so the live sections have something to show.
     let gw = d.client();
     for _ in 0..3 {
@@ -455,9 +474,9 @@ async fn chromium_with_alices_certificate_uses_the_console() {
         .unwrap());
 }
 
-/// With `[risk]`, the console lists the signals that fired most.
-#[tokio::test]
-async fn the_console_lists_the_risk_signals_that_fired_most() {
+/// The demo (console on) with `[risk]`: 127.0.0.1 trusted, 127.0.0.2
+/// untrusted, anything else unknown; the `healthz` opt-out has `max_risk = 40`.
+async fn demo_with_risk() -> Demo {
     let dir = tempfile::tempdir().unwrap();
     postern::demo::prepare(
         dir.path(),
@@ -473,7 +492,13 @@ async fn the_console_lists_the_risk_signals_that_fired_most() {
     ) + "\n[risk]\ntrusted_cidrs = [\"127.0.0.1/32\"]\nuntrusted_cidrs = [\"127.0.0.2/32\"]\n[risk.weights]\nuntrusted_source = 60\nunknown_source = 20\n";
     std::fs::write(&cfg, config).unwrap();
     crate::browser::reapprove(dir.path());
-    let d = Demo::start_in(dir).await;
+    Demo::start_in(dir).await
+}
+
+/// With `[risk]`, the console lists the signals that fired most.
+#[tokio::test]
+async fn the_console_lists_the_risk_signals_that_fired_most() {
+    let d = demo_with_risk().await;
     let mut untrusted = d.client();
     untrusted.from = Some("127.0.0.2".parse().unwrap());
     assert_eq!(untrusted.get(None, "/healthz", &[]).await.status, 401);
@@ -494,28 +519,32 @@ async fn the_console_lists_the_risk_signals_that_fired_most() {
     assert!(page.contains("risk ≤ 40"), "the rule's ceiling is shown");
 }
 
+/// The gateway's consent store as the console sees it: the one connected
+/// to the console hook, or a fresh one connected here.
+fn consent_store(d: &Demo) -> Arc<postern_gateway::consent::ConsentStore> {
+    let shared = d.gw.as_ref().unwrap().shared.clone();
+    if let Some(s) = shared.console.consents.get() {
+        return s.clone();
+    }
+    let s = Arc::new(
+        postern_gateway::consent::ConsentStore::open(
+            &d.path("console-consents.jsonl"),
+            &d.path("console-consents.key"),
+        )
+        .unwrap(),
+    );
+    let _ = shared.console.consents.set(s);
+    shared.console.consents.get().unwrap().clone()
+}
+
 /// The consents hook: once the gateway's consent store is connected, its
 /// active consents are listed, and the Revoke button (CSRF-checked) takes
 /// one back, audited as the admin's.
 #[tokio::test]
 async fn connected_consents_are_listed_and_revocable() {
-    use postern_gateway::consent::{ConsentRecord, ConsentStore};
+    use postern_gateway::consent::ConsentRecord;
     let d = demo_with_console().await;
-    let shared = d.gw.as_ref().unwrap().shared.clone();
-    let store = match shared.console.consents.get() {
-        Some(s) => s.clone(),
-        None => {
-            let s = Arc::new(
-                ConsentStore::open(
-                    &d.path("console-consents.jsonl"),
-                    &d.path("console-consents.key"),
-                )
-                .unwrap(),
-            );
-            let _ = shared.console.consents.set(s.clone());
-            shared.console.consents.get().unwrap().clone()
-        }
-    };
+    let store = consent_store(&d);
     let now = OffsetDateTime::now_utc();
     store
         .record(ConsentRecord {
