@@ -28,6 +28,11 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use time::{Duration, OffsetDateTime};
 
+/// Does postern itself answer this path (consent and self-service pages)?
+pub fn owns(path: &str) -> bool {
+    path == CONSENT_PATH || path == MY_OPTOUTS_PATH || path == REVOKE_PATH
+}
+
 /// The device cookie (`__Host-`: Secure, Path=/, no Domain).
 pub const DEVICE_COOKIE: &str = "__Host-postern_device";
 /// Where the consent page, the consent form and the self-service pages live.

@@ -73,6 +73,8 @@ pub struct Shared {
     /// What the admin console shows that the request path records (recent
     /// opt-out uses, the policy serving now), and its hooks.
     pub console: console::ConsoleState,
+    /// Consents to user-chosen opt-outs, when the policy has offers.
+    pub consents: Option<Arc<consent::ConsentStore>>,
 }
 
 impl Shared {

@@ -216,6 +216,18 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
             Some(o)
         }
     };
+    let consents = if config.consent.is_some() || policy.optouts().any(|r| r.offer().is_some()) {
+        let c = config.consent.clone().unwrap_or_default();
+        Some(Arc::new(
+            crate::consent::ConsentStore::open(
+                &config.resolve(&c.store),
+                &config.resolve(&c.key_file),
+            )
+            .map_err(|e| GatewayError::Config(e.to_string()))?,
+        ))
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(Runtime { policy, upstreams }),
         authn: Authenticator { jwt, ca },
@@ -231,6 +243,7 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
         metrics,
         alerts,
         oidc,
+        consents,
         risk: crate::risk::RiskState::default(),
         console: crate::console::ConsoleState::new(crate::console::PolicyInfo::of(
             config,
@@ -238,6 +251,10 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
             OffsetDateTime::now_utc(),
         )),
     });
+    if let Some(store) = &shared.consents {
+        // The admin console lists consents and can revoke them.
+        let _ = shared.console.consents.set(store.clone());
+    }
     if config.risk.is_some() {
         // The console's "risk signals that fired most". Weak: the hook lives
         // in `Shared` and must not keep it alive.

@@ -206,7 +206,15 @@ async fn pipeline(
                 peer: &ctx.peer,
                 host: &host,
             };
-            return Err(oidc.endpoint(&req, &shared.audit, now).await);
+            let resp = oidc.endpoint(&req, &shared.audit, now).await;
+            return Err(offer_after_sign_in(
+                shared,
+                &runtime.policy,
+                &host,
+                &parts.headers,
+                resp,
+                now,
+            ));
         }
     }
     let session = match shared.oidc.as_deref() {
@@ -244,11 +252,50 @@ async fn pipeline(
         }
         _ => {}
     }
-    let (identity, creds) = shared
+    let (mut identity, creds) = shared
         .authn
         .authenticate_with_session(&conn.cert, &authz, &session, now);
+    // User-chosen opt-outs: the consents this user gave on this device.
+    let device = shared.consents.as_deref().and_then(|store| {
+        crate::consent::cookies(&parts.headers)
+            .get(crate::consent::DEVICE_COOKIE)
+            .and_then(|v| store.parse_device_cookie(v))
+    });
+    if let (Some(store), Some((dev, who))) = (shared.consents.as_deref(), &device) {
+        // Never across users: a device cookie of bob's does nothing for alice.
+        if identity.principal.as_deref().is_none_or(|p| p == who) && identity.invalid.is_empty() {
+            identity.consents = store.claims(who, dev, now);
+            if identity.principal.is_none() && !identity.consents.is_empty() {
+                identity.principal = Some(who.clone());
+            }
+        }
+    }
     ctx.creds = creds;
     ctx.identity = identity.principal.clone();
+    if let Some(store) = shared.consents.clone() {
+        if crate::consent::owns(path.as_str()) {
+            let viewer = session.session().map(|s| crate::consent::Viewer {
+                principal: s.principal.clone(),
+                email_verified: s.email_verified,
+                amr: s.amr.clone(),
+            });
+            let device = device.as_ref().map(|(d, who)| (d.as_str(), who.as_str()));
+            return Err(consent_endpoint(
+                shared,
+                &store,
+                &runtime.policy,
+                &parts,
+                body,
+                query.as_deref(),
+                &path,
+                viewer,
+                device,
+                now,
+                ctx,
+            )
+            .await);
+        }
+    }
     let upgrade = parts.headers.contains_key(UPGRADE);
 
     // Certificate renewal is the gateway's own endpoint, never an upstream's.
@@ -998,4 +1045,374 @@ async fn renew(
             respond::error(status, &ctx.request_id, &msg)
         }
     }
+}
+
+/// The consent and self-service endpoints (`/_postern/consent`,
+/// `/_postern/me/optouts`, `/_postern/me/optouts/revoke`).
+#[allow(clippy::too_many_arguments)]
+async fn consent_endpoint(
+    shared: &Arc<Shared>,
+    store: &crate::consent::ConsentStore,
+    policy: &postern_policy::Policy,
+    parts: &http::request::Parts,
+    body: Incoming,
+    query: Option<&str>,
+    path: &postern_policy::NormalizedPath,
+    viewer: Option<crate::consent::Viewer>,
+    device: Option<(&str, &str)>,
+    now: OffsetDateTime,
+    ctx: &mut Ctx,
+) -> Response<Body> {
+    use crate::consent::{self as c, ConsentRecord};
+    let html = |status: StatusCode, text: String| {
+        let mut r = Response::new(respond::full(text));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        r.headers_mut()
+            .insert("x-frame-options", HeaderValue::from_static("DENY"));
+        r
+    };
+    let redirect = |to: &str| {
+        let mut r = Response::new(respond::full(bytes::Bytes::new()));
+        *r.status_mut() = StatusCode::SEE_OTHER;
+        if let Ok(v) = HeaderValue::from_str(to) {
+            r.headers_mut().insert(http::header::LOCATION, v);
+        }
+        r
+    };
+    let sign_in = |return_to: &str| {
+        redirect(&format!(
+            "{}?return_to={}",
+            crate::oidc::LOGIN_PATH,
+            url_encode(return_to)
+        ))
+    };
+    let here = match query {
+        Some(q) => format!("{}?{q}", path.as_str()),
+        None => path.as_str().to_string(),
+    };
+    let q = c::parse_form(query.unwrap_or("").as_bytes());
+    // A device-cookie holder sees this device's consents; a signed-in user all of theirs.
+    let principal = viewer.as_ref().map(|v| v.principal.as_str());
+    let device_id = device
+        .filter(|(_, who)| principal.is_none_or(|p| p == *who))
+        .map(|(d, _)| d);
+    let device_owner = device.map(|(_, who)| who);
+    let post = parts.method == Method::POST;
+    if post {
+        // Cross-site form posts are refused outright (CSRF defence in depth).
+        let cross_site = parts
+            .headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == "cross-site");
+        let foreign_origin = parts
+            .headers
+            .get(http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|o| {
+                let host = ctx.host.as_deref().unwrap_or("");
+                o.strip_prefix("https://")
+                    .is_none_or(|rest| rest.split(':').next() != Some(host))
+            });
+        if cross_site || foreign_origin {
+            return html(
+                StatusCode::FORBIDDEN,
+                "<!doctype html><p>Cross-site form posts are refused.</p>".to_string(),
+            );
+        }
+    }
+    let form = if post {
+        match Limited::new(body, 16 * 1024).collect().await {
+            Ok(b) => c::parse_form(&b.to_bytes()),
+            Err(_) => {
+                return html(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "<!doctype html><p>The form is too large.</p>".to_string(),
+                )
+            }
+        }
+    } else {
+        Default::default()
+    };
+    let audit = |decision: &str, status: u16, offer: Option<&str>, reasons: Vec<String>| {
+        let mut ev = ctx.event(now, decision, status, None, reasons);
+        ev.kind = "consent";
+        ev.rule = offer.map(str::to_string);
+        ev
+    };
+    match (path.as_str(), post) {
+        (c::CONSENT_PATH, false) => {
+            let Some(viewer) = viewer else {
+                return sign_in(&here);
+            };
+            let offer_id = q.get("offer").map(String::as_str).unwrap_or("");
+            let Some((rule, offer)) = policy
+                .optout(offer_id)
+                .and_then(|r| r.offer().map(|o| (r, o)))
+            else {
+                return html(
+                    StatusCode::NOT_FOUND,
+                    "<!doctype html><p>No such offer.</p>".to_string(),
+                );
+            };
+            let return_to = c::safe_return_to(q.get("return_to").map(String::as_str));
+            let csrf = store.csrf(
+                Some(&viewer.principal),
+                device_id,
+                &format!("consent:{offer_id}"),
+            );
+            html(
+                StatusCode::OK,
+                c::consent_page(rule, offer, &viewer, &csrf, &return_to),
+            )
+        }
+        (c::CONSENT_PATH, true) => {
+            let Some(viewer) = viewer else {
+                return html(
+                    StatusCode::UNAUTHORIZED,
+                    "<!doctype html><p>Sign in first: consent needs a signed-in user.</p>"
+                        .to_string(),
+                );
+            };
+            let offer_id = form.get("offer").map(String::as_str).unwrap_or("");
+            let Some(offer) = policy.optout(offer_id).and_then(|r| r.offer()) else {
+                return html(
+                    StatusCode::NOT_FOUND,
+                    "<!doctype html><p>No such offer.</p>".to_string(),
+                );
+            };
+            if !store.csrf_ok(
+                form.get("csrf").map(String::as_str).unwrap_or(""),
+                Some(&viewer.principal),
+                device_id,
+                &format!("consent:{offer_id}"),
+            ) {
+                shared
+                    .audit
+                    .append(audit(
+                        "refused",
+                        403,
+                        Some(offer_id),
+                        vec!["consent form without a valid CSRF token".into()],
+                    ))
+                    .await;
+                return html(StatusCode::FORBIDDEN, "<!doctype html><p>This form expired or did not come from postern. Open the consent page again.</p>".to_string());
+            }
+            let return_to = c::safe_return_to(form.get("return_to").map(String::as_str));
+            if form.get("agree").map(String::as_str) != Some("yes") {
+                return redirect(&format!(
+                    "{}?offer={}&return_to={}",
+                    c::CONSENT_PATH,
+                    url_encode(offer_id),
+                    url_encode(&return_to)
+                ));
+            }
+            // The device: this browser's, if it already is this user's; else a new one.
+            let (dev, cookie) = match device.filter(|(_, who)| *who == viewer.principal) {
+                Some((d, _)) => (d.to_string(), None),
+                None => {
+                    let (d, v) = store.new_device_cookie(&viewer.principal);
+                    (d, Some(v))
+                }
+            };
+            let rec: ConsentRecord = match c::new_consent(offer, &viewer, &dev, now) {
+                Ok(r) => r,
+                Err(why) => {
+                    // Also when the form was posted directly, past the page.
+                    shared
+                        .audit
+                        .append(audit("refused", 403, Some(offer_id), why.clone()))
+                        .await;
+                    return html(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "<!doctype html><p>You cannot choose this: {}</p>",
+                            c::esc(&why.join("; "))
+                        ),
+                    );
+                }
+            };
+            // Audited and stored durably before the cookie that uses it is set.
+            let ev = audit("consented", 303, Some(offer_id), vec![format!(
+                "{} consented to offer `{offer_id}` (disclosure sha256 {}) on device {} until {}",
+                viewer.principal, rec.disclosure_sha256, rec.device, crate::authn::fmt_time(rec.expires)
+            )]);
+            if let Err(e) = shared.audit.append_durable(ev).await {
+                return html(StatusCode::SERVICE_UNAVAILABLE, format!("<!doctype html><p>Your choice could not be recorded ({}); nothing was changed.</p>", c::esc(&e.to_string())));
+            }
+            if let Err(e) = store.record(rec) {
+                return html(StatusCode::SERVICE_UNAVAILABLE, format!("<!doctype html><p>Your choice could not be recorded ({}); nothing was changed.</p>", c::esc(&e.to_string())));
+            }
+            let mut r = redirect(&return_to);
+            if let Some(v) = cookie {
+                let max_age = i64::from(offer.duration_days) * 86_400;
+                if let Ok(h) = HeaderValue::from_str(&format!(
+                    "{}={v}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}",
+                    c::DEVICE_COOKIE
+                )) {
+                    r.headers_mut().append(http::header::SET_COOKIE, h);
+                }
+            }
+            r
+        }
+        (c::MY_OPTOUTS_PATH, false) => {
+            if principal.is_none() && device_id.is_none() {
+                return sign_in(&here);
+            }
+            let owner = principal.or(device_owner);
+            let records = store.active(principal, device_id, now);
+            let titles = policy
+                .optouts()
+                .filter_map(|r| r.offer().map(|o| (r.id().to_string(), o.title.clone())))
+                .collect();
+            let csrf = store.csrf(owner, device_id, "revoke");
+            html(StatusCode::OK, c::my_optouts_page(&records, &csrf, &titles))
+        }
+        (c::REVOKE_PATH, true) => {
+            let owner = principal.or(device_owner);
+            if owner.is_none()
+                || !store.csrf_ok(
+                    form.get("csrf").map(String::as_str).unwrap_or(""),
+                    owner,
+                    device_id,
+                    "revoke",
+                )
+            {
+                return html(
+                    StatusCode::FORBIDDEN,
+                    "<!doctype html><p>This form expired or did not come from postern.</p>"
+                        .to_string(),
+                );
+            }
+            let id = form.get("id").map(String::as_str).unwrap_or("");
+            match store.revoke(id, principal, device_id, now) {
+                Ok(Some(rec)) => {
+                    let ev = audit(
+                        "revoked",
+                        303,
+                        Some(&rec.offer),
+                        vec![format!(
+                            "{} revoked consent {} to offer `{}`",
+                            rec.principal, rec.id, rec.offer
+                        )],
+                    );
+                    shared.audit.append(ev).await;
+                    redirect(c::MY_OPTOUTS_PATH)
+                }
+                Ok(None) => html(
+                    StatusCode::NOT_FOUND,
+                    "<!doctype html><p>No such active opt-out of yours.</p>".to_string(),
+                ),
+                Err(e) => html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("<!doctype html><p>{}</p>", c::esc(&e.to_string())),
+                ),
+            }
+        }
+        _ => html(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "<!doctype html><p>Method not allowed.</p>".to_string(),
+        ),
+    }
+}
+
+/// After a successful sign-in whose return URL an offer covers, show the
+/// offer's consent page first (once: only to an eligible user without a
+/// consent on this device), then continue to the URL.
+fn offer_after_sign_in(
+    shared: &Shared,
+    policy: &postern_policy::Policy,
+    host: &str,
+    headers: &http::HeaderMap,
+    mut resp: Response<Body>,
+    now: OffsetDateTime,
+) -> Response<Body> {
+    let (Some(store), Some(oidc)) = (shared.consents.as_deref(), shared.oidc.as_deref()) else {
+        return resp;
+    };
+    if !resp.status().is_redirection() {
+        return resp;
+    }
+    let Some(location) = resp
+        .headers()
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return resp;
+    };
+    if !location.starts_with('/') || location.starts_with("//") {
+        return resp;
+    }
+    // The session this callback just issued.
+    let session = resp
+        .headers()
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.strip_prefix(&format!("{}=", crate::session::SESSION_COOKIE))
+                .map(|rest| rest.split(';').next().unwrap_or("").to_string())
+        })
+        .and_then(|value| oidc.sessions.decode(&value, now).session().cloned());
+    let Some(session) = session else { return resp };
+    let Ok((path, _)) = postern_policy::split_target(&location) else {
+        return resp;
+    };
+    let Some(rule) = crate::consent::offer_covering(policy, host, "GET", &path) else {
+        return resp;
+    };
+    let Some(offer) = rule.offer() else {
+        return resp;
+    };
+    if offer
+        .eligibility(session.email_verified, &session.amr)
+        .is_err()
+    {
+        return resp;
+    }
+    let device = crate::consent::cookies(headers)
+        .get(crate::consent::DEVICE_COOKIE)
+        .and_then(|v| store.parse_device_cookie(v));
+    if let Some((dev, who)) = device {
+        if who == session.principal
+            && store
+                .claims(&who, &dev, now)
+                .iter()
+                .any(|c| *c.offer == *rule.id())
+        {
+            return resp;
+        }
+    }
+    let to = format!(
+        "{}?offer={}&return_to={}",
+        crate::consent::CONSENT_PATH,
+        url_encode(rule.id()),
+        url_encode(&location)
+    );
+    if let Ok(v) = HeaderValue::from_str(&to) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
+}
+
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }

@@ -45,6 +45,10 @@ pub struct Config {
     /// Browser sign-in with OpenID Connect (the `oidc` factor); see docs/oidc.md.
     #[serde(default)]
     pub oidc: Option<OidcConfig>,
+    /// Where user-chosen opt-outs (offers) keep their consents; defaults
+    /// apply when the policy has offers and this section is absent.
+    #[serde(default)]
+    pub consent: Option<ConsentConfig>,
     /// The request risk score that opt-outs with `max_risk` are held to
     /// (see [`crate::risk`]); absent: every request scores 0.
     #[serde(default)]
@@ -833,4 +837,32 @@ pub struct RiskWeightsConfig {
     pub outside_window: Option<Spanned<u64>>,
     pub optout_velocity: Option<Spanned<u64>>,
     pub old_tls: Option<Spanned<u64>>,
+}
+
+/// The consent store of user-chosen opt-outs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// Append-only consent records (JSON lines), relative to the config file.
+    #[serde(default = "default_consent_store")]
+    pub store: PathBuf,
+    /// HMAC key for device cookies and CSRF tokens (created 0600 if missing).
+    #[serde(default = "default_consent_key")]
+    pub key_file: PathBuf,
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        ConsentConfig {
+            store: default_consent_store(),
+            key_file: default_consent_key(),
+        }
+    }
+}
+
+fn default_consent_store() -> PathBuf {
+    PathBuf::from("consents.jsonl")
+}
+fn default_consent_key() -> PathBuf {
+    PathBuf::from("consent.key")
 }

@@ -14,5 +14,6 @@ mod review;
 mod observe;
 mod browser;
 mod oidc;
+mod consent;
 mod console;
 mod risk;
