@@ -299,6 +299,13 @@ impl ConsentStore {
         (device, value)
     }
 
+    /// The cookie value binding an existing `device` to `principal` (for
+    /// tests and tools that hold the key; the gateway mints new devices with
+    /// [`ConsentStore::new_device_cookie`]).
+    pub fn device_cookie_for(&self, device: &str, principal: &str) -> String {
+        self.device_cookie_value(device, principal)
+    }
+
     fn device_cookie_value(&self, device: &str, principal: &str) -> String {
         let p = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(principal);
         let mac = self.mac(&["device", device, principal]);

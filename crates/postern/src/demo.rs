@@ -19,9 +19,20 @@ pub const TRUST_DOMAIN: &str = "postern.demo";
 pub const ISSUER: &str = "https://issuer.postern.demo";
 pub const AUDIENCE: &str = "postern-demo";
 
-pub async fn run(dir: &Path, listen: SocketAddr) -> Result<()> {
+/// An OpenID provider for the demo's browser sign-in (`postern demo --oidc`).
+#[derive(Debug, Clone)]
+pub struct DemoOidc {
+    pub issuer: String,
+    pub client_id: String,
+    /// File holding the client secret; none: a public client (PKCE only).
+    pub client_secret_file: Option<std::path::PathBuf>,
+    /// Extra trust anchor (PEM) for the provider's TLS certificate.
+    pub extra_ca: Option<std::path::PathBuf>,
+}
+
+pub async fn run(dir: &Path, listen: SocketAddr, oidc: Option<DemoOidc>) -> Result<()> {
     let now = OffsetDateTime::now_utc();
-    prepare(dir, listen, now)?;
+    prepare_with(dir, listen, now, oidc.as_ref())?;
     let config_path = dir.join("postern.toml");
     let (config, policy) = crate::load_policy(&config_path)?;
     let gw = postern_gateway::start(&config, policy)
@@ -58,8 +69,19 @@ pub async fn run(dir: &Path, listen: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// Write every file the demo needs into `dir`.
+/// Write every file the demo needs into `dir` (without browser sign-in).
 pub fn prepare(dir: &Path, listen: SocketAddr, now: OffsetDateTime) -> Result<()> {
+    prepare_with(dir, listen, now, None)
+}
+
+/// Write every file the demo needs into `dir`; with `oidc`, browsers sign
+/// in at that provider and may choose to remember this device for the docs.
+pub fn prepare_with(
+    dir: &Path,
+    listen: SocketAddr,
+    now: OffsetDateTime,
+    oidc: Option<&DemoOidc>,
+) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating `{}`", dir.display()))?;
 
     // The CA persists across runs (postern's CA directory layout, in `dir`);
@@ -160,7 +182,11 @@ pub fn prepare(dir: &Path, listen: SocketAddr, now: OffsetDateTime) -> Result<()
             .context("writing audit.pub")?;
     }
 
-    write(&dir.join("postern.toml"), &config_text(listen, now))?;
+    let mut config = config_text(listen, now);
+    if let Some(o) = oidc {
+        config = with_oidc(&config, o, now);
+    }
+    write(&dir.join("postern.toml"), &config)?;
     sign_demo_policy(dir, now)?;
     Ok(())
 }
@@ -383,4 +409,64 @@ fn write(p: &Path, text: &str) -> Result<()> {
     let tmp = p.with_extension("tmp");
     fs::write(&tmp, text).with_context(|| format!("writing `{}`", tmp.display()))?;
     fs::rename(&tmp, p).with_context(|| format!("writing `{}`", p.display()))
+}
+
+/// The demo config with browser sign-in: the `[oidc]` section, `oidc` as a
+/// third way onto the app route, and a docs route whose users may choose to
+/// remember their device for read-only pages (a user-chosen opt-out).
+fn with_oidc(config: &str, o: &DemoOidc, now: OffsetDateTime) -> String {
+    let expires = (now + Duration::days(30))
+        .replace_nanosecond(0)
+        .unwrap_or(now)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "2000-01-01T00:00:00Z".to_string());
+    // Values go into TOML basic strings: escape backslashes and quotes.
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let quote = |p: &Path| esc(&p.display().to_string());
+    let mut text = config.replace(
+        "require = [[\"mtls\"], [\"jwt\"]]\n",
+        "require = [[\"mtls\"], [\"jwt\"], [\"oidc\"]]\n",
+    );
+    text.push_str(&format!(
+        "\n# Browsers sign in at this OpenID provider (authorization code + PKCE).\n[oidc]\nissuer = \"{}\"\nclient_id = \"{}\"\ncookie_key_file = \"oidc-cookie.key\"\npost_logout_redirect_path = \"/\"\n",
+        esc(&o.issuer),
+        esc(&o.client_id)
+    ));
+    if let Some(f) = &o.client_secret_file {
+        text.push_str(&format!("client_secret_file = \"{}\"\n", quote(f)));
+    }
+    if let Some(ca) = &o.extra_ca {
+        text.push_str(&format!("extra_ca = \"{}\"\n", quote(ca)));
+    }
+    text.push_str(&format!(
+        r#"
+# Read-only docs: a signed-in user with MFA may choose to skip signing in
+# again on this device for 30 days (consent page, revocable at
+# /_postern/me/optouts).
+[[route]]
+id = "docs"
+host = "*"
+path_prefix = "/docs"
+upstream = "echo"
+require = [["mtls"], ["jwt"], ["oidc"]]
+
+[[optout]]
+id = "remember-device-readonly"
+route = "docs"
+methods = ["GET", "HEAD"]
+paths = ["/docs/**"]
+waive = ["oidc"]
+owner = "identity-team"
+reason = "users may choose not to sign in again for read-only docs on a trusted device"
+expires = {expires}
+
+[optout.offer]
+title = "Remember this device for the docs"
+disclosure = "On this device, postern will let you read the documentation without signing in again for 30 days. Writing anything still needs you to sign in."
+duration_days = 30
+require_email_verified = true
+require_amr_any = ["mfa", "otp", "hwk"]
+"#
+    ));
+    text
 }

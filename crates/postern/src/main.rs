@@ -34,6 +34,20 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: std::net::SocketAddr,
+        /// Let browsers sign in at this OpenID provider (issuer URL; discovery
+        /// at <issuer>/.well-known/openid-configuration).
+        #[arg(long, value_name = "ISSUER_URL")]
+        oidc: Option<String>,
+        /// The demo's client id at the provider (redirect URI:
+        /// https://localhost:PORT/_postern/oidc/callback).
+        #[arg(long, default_value = "postern-demo", requires = "oidc")]
+        oidc_client_id: String,
+        /// File holding the client secret (omit for a public client with PKCE).
+        #[arg(long, requires = "oidc")]
+        oidc_client_secret_file: Option<PathBuf>,
+        /// Extra trust anchor (PEM) for the provider's TLS certificate.
+        #[arg(long, requires = "oidc")]
+        oidc_ca: Option<PathBuf>,
     },
     /// Lint a config: every problem with file, line and field. Exit 1 on any error.
     Check {
@@ -94,9 +108,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(serve(&config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { dir, listen } => {
+        Command::Demo {
+            dir,
+            listen,
+            oidc,
+            oidc_client_id,
+            oidc_client_secret_file,
+            oidc_ca,
+        } => {
+            let oidc = oidc.map(|issuer| demo::DemoOidc {
+                issuer,
+                client_id: oidc_client_id,
+                client_secret_file: oidc_client_secret_file.map(absolute),
+                extra_ca: oidc_ca.map(absolute),
+            });
             let rt = runtime()?;
-            rt.block_on(demo::run(&dir, listen))?;
+            rt.block_on(demo::run(&dir, listen, oidc))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => Ok(check(&config)),
@@ -191,5 +218,15 @@ fn audit_verify(file: &Path, key: &str) -> anyhow::Result<ExitCode> {
             eprintln!("{}: TAMPERED OR DAMAGED: {e}", file.display());
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// Paths given on the command line, made absolute (the demo config lives in
+/// another directory).
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
     }
 }
