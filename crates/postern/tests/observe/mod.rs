@@ -385,3 +385,50 @@ async fn a_rule_near_expiry_alerts_once() {
     );
     drop(d);
 }
+
+#[tokio::test]
+async fn a_refused_policy_alerts_and_the_old_policy_keeps_serving() {
+    use postern_gateway::reload::{spawn_reloader, ReloadOptions};
+    let (addr, mut rx) = receiver().await;
+    let d = demo_with(&format!(
+        "\n[[alert]]\nurl = \"http://{addr}/hook\"\nevents = [\"policy\"]\n"
+    ))
+    .await;
+    let h = spawn_reloader(
+        d.gw.as_ref().unwrap().shared.clone(),
+        d.path("postern.toml"),
+        ReloadOptions {
+            poll: Duration::from_millis(0),
+            sighup: false,
+        },
+    );
+    // An unsigned widening: POST on /healthz.
+    let cfg = d.path("postern.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        r#"methods = ["GET", "HEAD"]"#,
+        r#"methods = ["GET", "HEAD", "POST"]"#,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut status = h.status();
+    status.borrow_and_update();
+    h.reload_now();
+    tokio::time::timeout(Duration::from_secs(20), status.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let alert = next_alert(&mut rx, "policy").await;
+    let text = alert["text"].as_str().unwrap();
+    assert!(text.contains("REFUSED"), "{alert}");
+    assert!(
+        alert["audit_seq"].as_u64().is_some(),
+        "the alert leads to its audit record: {alert}"
+    );
+    // The last good policy keeps answering.
+    let c = d.client();
+    assert_eq!(
+        c.request(None, "POST", "/healthz", &[], b"").await.status,
+        401
+    );
+    assert_eq!(c.get(None, "/healthz", &[]).await.status, 200);
+    h.stop().await;
+}
