@@ -261,3 +261,89 @@ async fn audit_verify_passes_an_intact_log_and_names_the_first_bad_record() {
     write(&original);
     assert!(verify(&log, &key).0);
 }
+
+/// `postern serve` as an operator runs it: SIGHUP reloads, an unsigned
+/// widening is refused (audited), and the running policy keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reloads_on_sighup_and_refuses_an_unsigned_widening() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    postern::demo::prepare(dir.path(), addr, time::OffsetDateTime::now_utc()).unwrap();
+    let cfg = dir.path().join("postern.toml");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let c = Client::new(addr, &dir.path().join("ca.pem"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "postern serve did not listen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.get(None, "/healthz", &[]).await.status, 200);
+
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        r#"methods = ["GET", "HEAD"]"#,
+        r#"methods = ["GET", "HEAD", "POST"]"#,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let refused = async {
+        loop {
+            let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap_or_default();
+            if log.lines().any(|l| {
+                l.contains("\"kind\":\"policy\"") && l.contains("\"decision\":\"refused\"")
+            }) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), refused)
+        .await
+        .expect("the refused reload is audited");
+    // Still serving the last good policy: POST /healthz is not opened.
+    assert_eq!(
+        c.request(None, "POST", "/healthz", &[], b"").await.status,
+        401
+    );
+    assert_eq!(c.get(None, "/healthz", &[]).await.status, 200);
+    // SIGTERM: a clean stop with a final checkpoint, so the log verifies.
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let out = postern(&[
+        "audit",
+        "verify",
+        dir.path().join("audit.jsonl").to_str().unwrap(),
+        "--key",
+        dir.path().join("audit.pub").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
