@@ -22,17 +22,20 @@
 # Env:   DUR        seconds per load run (default 10, 1..60)
 #        CONNS      connections (default 64)
 #        LOAD_DIR   work dir, must be under /tmp/ (default /tmp/postern-load); wiped at each run
-#        RESULTS    TSV output (default $LOAD_DIR/results.tsv)
+#        ROUNDS     rounds of all scenarios in turn (default 3); the table gives each run and the median
+#        RESULTS    TSV of every run (default $LOAD_DIR/results.tsv); medians in ${RESULTS%.tsv}-median.tsv
 #        SKIP_INSTALL=1  skip apt-get / cargo install;   SKIP_BUILD=1  use the existing target/release/postern
 #        SKIP_POSTERN=1  nginx scenarios only, PKI made with openssl (for testing the harness)
 #        NGINX_LOG=0     skip the nginx-mtls-log scenario
+#        KEEP_AUDIT=1    keep postern's audit.jsonl after the run (~660 bytes per request: hundreds of MB)
+#        WARMUP     seconds of unmeasured load right before each measured run (default 3; 0 = none)
 #        PERF=0     do not count instructions/cycles with perf stat (default: counted when perf works)
 #        RATE       if set, every run is paced at RATE req/s in total (oha -q RATE --latency-correction):
 #                   latency at a fixed, sub-saturation load instead of closed-loop saturation
 #        IDLE_WAIT  s to wait for a busy machine to calm down before each run (default 90)
 #        IDLE_MAX   machine busy % counted as idle (default 10)
 #        OTHER_MAX / RETRIES  a run during which other processes used > OTHER_MAX % (default 10) of
-#                   the CPUs is retried up to RETRIES (default 2) more times; the cleanest is kept
+#                   the CPUs is retried up to RETRIES (default 1) more times; the cleanest is kept
 #
 # Everything it starts (two nginx, postern) is stopped by PID on exit (trap), never by name.
 set -euo pipefail
@@ -41,7 +44,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 W=${LOAD_DIR:-/tmp/postern-load}
 DUR=${DUR:-10}
 CONNS=${CONNS:-64}
-RES=${RESULTS:-$W/results${RATE:+-rate$RATE}.tsv}
+RES=${RESULTS:-$W/results${RATE:+-rate$RATE}.tsv}   # one row per run
+SUM=${RES%.tsv}-median.tsv                          # one row per scenario: medians over the rounds
+ROUNDS=${ROUNDS:-3}
 HOST=127.0.0.1            # the only address this script ever sends traffic to
 P_UP=9000 P_NGX=9444 P_NGXLOG=9445 P_PST=9443
 POSTERN="$REPO/target/release/postern"
@@ -49,7 +54,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 case "$W" in /tmp/?*) ;; *) echo "LOAD_DIR must be under /tmp/" >&2; exit 2;; esac
 case "$DUR" in ''|*[!0-9]*) echo "DUR must be an integer" >&2; exit 2;; esac
+case "$ROUNDS" in ''|0|*[!0-9]*) echo "ROUNDS must be a positive integer" >&2; exit 2;; esac
 case "$CONNS" in ''|*[!0-9]*) echo "CONNS must be an integer" >&2; exit 2;; esac
+WARMUP=${WARMUP:-3}
+case "$WARMUP" in ''|*[!0-9]*) echo "WARMUP must be an integer" >&2; exit 2;; esac
 case "${RATE:-}" in *[!0-9]*) echo "RATE must be an integer (req/s)" >&2; exit 2;; esac
 if [ "$DUR" -lt 1 ] || [ "$DUR" -gt 60 ]; then echo "DUR must be 1..60 s (bounded loads)" >&2; exit 2; fi
 KILL_AFTER=$((DUR + 30))   # hard wall-clock bound for every load-generator process
@@ -337,18 +345,27 @@ snap() {  # "front upstream postern" ticks
   echo "$(tree_ticks "$(pid_in "$W/nginx/front.pid")") $(tree_ticks "$(pid_in "$W/nginx/upstream.pid")") $(tree_ticks "$(pid_in "$W/postern.pid")")"
 }
 
-# Run oha under GNU time; sets S0/S1 (server ticks), GEN_CPU (% of the machine), OTHER (% of the
+# Run oha (after a warm-up) under GNU time; sets S0/S1 (server ticks), GEN_CPU (% of the machine), OTHER (% of the
 # machine used during the run by anything that is neither oha nor a server under test).
-# With PERF_OK, also counts instructions and cycles of the server under test (field $FIELD: 1 front
-# nginx, 2 upstream nginx, 3 postern) with `perf stat -p`: counters, not sampling, so ~no overhead.
-# Instructions per request hardly depend on what else the host runs, unlike CPU time.
-timed() {  # outfile cmd...
+# With COUNT=1 (the extra "perf" round), also counts instructions and cycles of the server under
+# test (field $FIELD: 1 front nginx, 2 upstream nginx, 3 postern) with `perf stat -p`. Instructions
+# per request hardly depend on what else the host runs, unlike CPU time. But counting is NOT free
+# here: on this VM every context switch of a counted thread saves/restores the PMU (trapped MSR
+# writes), and postern switches threads several times per request: with perf attached its CPU per
+# request roughly doubles (nginx's much less). So the perf round's times are not used: CPU, req/s
+# and latency come from the rounds without perf, instructions/cycles from the perf round only.
+timed() {  # outfile oha-args... (without -z: warm-up, then DUR seconds measured)
   local out=$1; shift
   local tf; tf=$(mktemp)
   wait_idle
   local st0 st1 pp="" pids
   rm -f "$out.perf"
-  if [ "$PERF_OK" = 1 ]; then
+  # warm-up, not measured: a freshly started server (postern's heap, TLS sessions, upstream pool)
+  # runs its first seconds markedly slower; every scenario gets the same warm-up
+  if [ "$WARMUP" -gt 0 ]; then
+    timeout -k 5 $((WARMUP + 20)) oha -z "${WARMUP}s" "$@" > /dev/null 2>&1 || true
+  fi
+  if [ "${COUNT:-0}" = 1 ]; then
     pids=$(server_pids "$FIELD")
     if [ -n "$pids" ]; then
       perf stat -x, -e instructions,cycles -p "$pids" -o "$out.perf" 2>/dev/null &
@@ -357,12 +374,15 @@ timed() {  # outfile cmd...
     fi
   fi
   st0=$(stat_busy); S0=$(snap)
-  /usr/bin/time -f '%U %S %e' -o "$tf" timeout -k 5 "$KILL_AFTER" "$@" > "$out" 2> "$out.err" || true
+  /usr/bin/time -f '%U %S %e' -o "$tf" timeout -k 5 "$KILL_AFTER" oha -z "${DUR}s" "$@" > "$out" 2> "$out.err" || true
   S1=$(snap); st1=$(stat_busy)
   if [ -n "$pp" ]; then kill -INT "$pp" 2>/dev/null || true; wait "$pp" 2>/dev/null || true; fi
-  INSN=$(awk -F, '$3 ~ /^instructions/ && $1 ~ /^[0-9]+$/ {print $1}' "$out.perf" 2>/dev/null | head -1)
-  CYC=$(awk -F, '$3 ~ /^cycles/ && $1 ~ /^[0-9]+$/ {print $1}' "$out.perf" 2>/dev/null | head -1)
   STEAL=$(awk -v a="$st0" -v b="$st1" 'BEGIN{split(a,x," "); split(b,y," "); d=y[2]-x[2]; printf "%.0f%%", (d>0 ? 100*(y[3]-x[3])/d : 0)}')
+  INSN=""; CYC=""
+  if [ -n "$pp" ]; then
+    INSN=$(awk -F, '$3 ~ /^instructions/ && $1 ~ /^[0-9]+$/ {print $1}' "$out.perf" 2>/dev/null | head -1)
+    CYC=$(awk -F, '$3 ~ /^cycles/ && $1 ~ /^[0-9]+$/ {print $1}' "$out.perf" 2>/dev/null | head -1)
+  fi
   GEN_CPU=$(awk -v n="$(nproc)" '{ if ($3>0) printf "%.0f%%", 100*($1+$2)/($3*n); else print "?" }' "$tf" 2>/dev/null)
   OTHER=$(awk -v a="$st0" -v b="$st1" -v s0="$S0" -v s1="$S1" -v tck="$TCK" -v g="$(awk '{print $1+$2}' "$tf" 2>/dev/null)" 'BEGIN{
       split(a,x," "); split(b,y," "); split(s0,p," "); split(s1,q," ");
@@ -384,7 +404,7 @@ run_oha() {
     http://$HOST:*|https://localhost:*) ;;
     *) echo "refusing target $url" >&2; exit 3;;
   esac
-  local out="$W/raw/oha-$sc.json"
+  local out="$W/raw/oha-$sc-r$ROUND.json"
   # https://localhost:PORT is pinned to 127.0.0.1 with --connect-to (SNI and cert name stay localhost)
   local pin=()
   case "$url" in https://localhost:*)
@@ -394,7 +414,7 @@ run_oha() {
   local pace=()
   [ -n "${RATE:-}" ] && pace=(-q "$RATE" --latency-correction)
   FIELD=$field
-  timed "$out" oha --no-tui --output-format json -z "${DUR}s" -c "$CONNS" "${pace[@]}" "${pin[@]}" "$@" "$url"
+  timed "$out" --no-tui --output-format json -c "$CONNS" "${pace[@]}" "${pin[@]}" "$@" "$url"
   local rps p50 p99 n ok codes errs
   rps=$(jq -r '.summary.requestsPerSec // 0 | floor' "$out" 2>/dev/null || echo ERR)
   p50=$(jq -r '(.latencyPercentiles.p50 // 0)*1e3' "$out" 2>/dev/null | awk '{printf "%.3f", $1}' || echo -)
@@ -410,17 +430,17 @@ run_oha() {
   [ "$field" = 2 ] && up="-"
   kin=$(awk -v v="${INSN:-}" -v n="$n" 'BEGIN{ if (v!="" && n>0) printf "%.1f", v/n/1000; else printf "-" }')
   kcy=$(awk -v v="${CYC:-}" -v n="$n" 'BEGIN{ if (v!="" && n>0) printf "%.1f", v/n/1000; else printf "-" }')
-  ROW=$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' \
-    "$sc" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$GEN_CPU" "${BG}%" "$OTHER" "$STEAL" "$codes" "$errs")
-  printf '  %-15s %8s req/s  p50 %6s ms  p99 %6s ms  cpu %6s µs/req  %s kinsn/req %s kcycles/req  (upstream %s µs; n=%s gen=%s bg=%s%% other=%s steal=%s)\n' \
-    "$sc" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$GEN_CPU" "$BG" "$OTHER" "$STEAL" >&2
+  ROW=$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' \
+    "$sc" "$ROUND" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$GEN_CPU" "${BG}%" "$OTHER" "$STEAL" "$codes" "$errs")
+  printf '  r%s %-15s %8s req/s  p50 %6s ms  p99 %6s ms  cpu %6s µs/req  %s kinsn/req %s kcycles/req  (upstream %s µs; n=%s gen=%s bg=%s%% other=%s steal=%s)\n' \
+    "$ROUND" "$sc" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$GEN_CPU" "$BG" "$OTHER" "$STEAL" >&2
 }
 
 # bench args...: run one scenario; if other work stole more than OTHER_MAX % of the machine
 # during it, retry (up to RETRIES more times) and keep the cleanest attempt.
 bench() {
   local best="" bestoth=100000 o _
-  local tries=$((${RETRIES:-2} + 1)) i
+  local tries=$((${RETRIES:-1} + 1)) i
   for i in $(seq 1 "$tries"); do
     "$@"
     o=${OTHER%\%}; [[ $o =~ ^-?[0-9]+$ ]] || o=999
@@ -432,32 +452,57 @@ bench() {
   printf '%s\n' "$best" >> "$RES"
 }
 
-row() { awk -F'\t' -v s="$1" -v c="$2" '$1==s{print $c}' "$RES"; }
+# Per scenario, the median over the rounds of each figure (taken column by column), and the
+# range of CPU µs/req: the host's noise moves single runs by tens of percent.
+summarize() {
+  awk -F'\t' 'NR==1{next}
+    { sc=$1; if (!(sc in seen)) { seen[sc]=1; order[++ns]=sc }
+      if ($2=="perf") { kp[sc]++; for (c=7; c<=8; c++) v[sc, c, kp[sc]]=$c; next }
+      k[sc]++; for (c=3; c<=9; c++) if (c<7 || c>8) v[sc, c, k[sc]]=$c; cpus[sc]=cpus[sc] (cpus[sc]==""?"":" ") $6 }
+    function f(x, fmt) { return (x=="-") ? x : sprintf(fmt, x) }
+    function med(sc, c,   n, i, j, t, a) {
+      n=0; for (i=1; i<=k[sc]+kp[sc]; i++) if (v[sc,c,i] ~ /^[0-9.]+$/) a[++n]=v[sc,c,i]+0
+      if (n==0) return "-"
+      for (i=2; i<=n; i++) { t=a[i]; for (j=i-1; j>=1 && a[j]>t; j--) a[j+1]=a[j]; a[j+1]=t }
+      return (n%2) ? a[(n+1)/2] : (a[n/2]+a[n/2+1])/2 }
+    BEGIN{ printf "scenario\trounds\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tkinsn_per_req\tkcycles_per_req\tupstream_cpu_us_per_req\tcpu_us_per_req_each_round\n" }
+    END{ for (i=1; i<=ns; i++) { sc=order[i]
+      printf "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", sc, k[sc], f(med(sc,3),"%.0f"), f(med(sc,4),"%.3f"), f(med(sc,5),"%.3f"),
+        f(med(sc,6),"%.1f"), f(med(sc,7),"%.1f"), f(med(sc,8),"%.1f"), f(med(sc,9),"%.1f"), cpus[sc] } }' "$RES" > "$SUM"
+}
 
 print_table() {
   local f
   echo
   echo "== postern load bench ($(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores shared by oha and the servers; ${DUR}s per run, $CONNS keep-alive connections${RATE:+, paced at $RATE req/s})"
   echo "   cpu µs/req: CPU time (utime+stime) of the proxy under test per completed request (direct: the upstream nginx);"
-  echo "   kinsn/kcycles: thousands of instructions / cycles of the same process(es) per request (perf stat; '-' without perf)"
+  echo "   kinsn/kcycles: thousands of instructions / cycles of the same process(es) per request, from the extra round 'perf'"
+  echo "   (perf stat attached; that round's own times are inflated by the counting and not used in the medians)"
   echo "   upstream: the upstream nginx's µs/req; gen: oha's CPU, % of all cores; other: CPU used by anything else; steal: hypervisor steal"
-  printf '%-15s %9s %8s %8s %11s %8s %8s %9s %9s %5s %6s %6s  %s\n' scenario "req/s" "p50 ms" "p99 ms" "cpu µs/req" "kinsn" "kcycles" "upstream" requests gen other steal codes
-  while IFS=$'\t' read -r sc rps p50 p99 cpu kin kcy up n gen bg oth stl codes errs; do
+  echo "-- each run:"
+  printf '%-15s %2s %9s %8s %8s %11s %8s %8s %9s %9s %5s %6s %6s  %s\n' scenario r "req/s" "p50 ms" "p99 ms" "cpu µs/req" "kinsn" "kcycles" "upstream" requests gen other steal codes
+  while IFS=$'\t' read -r sc rd rps p50 p99 cpu kin kcy up n gen bg oth stl codes errs; do
     [ "$sc" = scenario ] && continue
-    printf '%-15s %9s %8s %8s %11s %8s %8s %9s %9s %5s %6s %6s  %s %s\n' "$sc" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$gen" "$oth" "$stl" "$codes" "$( [ "$errs" = '{}' ] || echo "errors=$errs")"
+    printf '%-15s %2s %9s %8s %8s %11s %8s %8s %9s %9s %5s %6s %6s  %s %s\n' "$sc" "$rd" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$gen" "$oth" "$stl" "$codes" "$( [ "$errs" = '{}' ] || echo "errors=$errs")"
   done < "$RES"
-  if [ -n "$(row postern-mtls 1)" ]; then
+  echo "-- median over the rounds without perf (each column separately; kinsn/kcycles from the perf round):"
+  printf '%-15s %9s %8s %8s %11s %8s %8s %9s  %s\n' scenario "req/s" "p50 ms" "p99 ms" "cpu µs/req" "kinsn" "kcycles" "upstream" "cpu µs/req of each round"
+  while IFS=$'\t' read -r sc nr rps p50 p99 cpu kin kcy up each; do
+    [ "$sc" = scenario ] && continue
+    printf '%-15s %9s %8s %8s %11s %8s %8s %9s  %s\n' "$sc" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$each"
+  done < "$SUM"
+  if grep -q '^postern-mtls' "$SUM"; then
     echo
     awk -F'\t' '
-      $1=="direct"{dp99=$4} $1=="nginx-mtls"{ncpu=$5; nin=$6; np99=$4} $1=="nginx-mtls-log"{lcpu=$5} $1=="postern-mtls"{pcpu=$5; pin=$6; pp99=$4}
+      $1=="direct"{dp99=$5} $1=="nginx-mtls"{ncpu=$6; nin=$7; np99=$5} $1=="nginx-mtls-log"{lcpu=$6} $1=="postern-mtls"{pcpu=$6; pin=$7; pp99=$5}
       END{
         if (ncpu>0) printf "postern / nginx-mtls CPU per request: %.2fx (%s vs %s µs) -> target <= 1.0x: %s\n", pcpu/ncpu, pcpu, ncpu, (pcpu<=ncpu?"MET":"NOT MET");
         if (nin>0 && pin>0) printf "postern / nginx-mtls instructions per request: %.2fx (%s vs %s thousand)\n", pin/nin, pin, nin;
         if (lcpu>0) printf "postern / nginx-mtls-log CPU per request: %.2fx (%s vs %s µs)\n", pcpu/lcpu, pcpu, lcpu;
-        printf "p99 added over direct: postern %+.3f ms (target <= 1 ms: %s), nginx-mtls %+.3f ms\n", pp99-dp99, (pp99-dp99<=1?"MET":"NOT MET"), np99-dp99 }' "$RES"
+        printf "p99 added over direct: postern %+.3f ms (target <= 1 ms: %s), nginx-mtls %+.3f ms\n", pp99-dp99, (pp99-dp99<=1?"MET":"NOT MET"), np99-dp99 }' "$SUM"
     [ -n "${AUDIT_NOTE:-}" ] && echo "$AUDIT_NOTE"
   fi
-  echo "results: $RES   raw oha JSON: $W/raw/"
+  echo "results: $SUM (medians), $RES (each run); raw oha JSON: $W/raw/"
 }
 
 # ---------------------------------------------------------------- main
@@ -480,25 +525,35 @@ do_all() {
   [ "${SKIP_POSTERN:-0}" = 1 ] || start_postern
   sanity
 
-  printf 'scenario\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tkinsn_per_req\tkcycles_per_req\tupstream_cpu_us_per_req\trequests\tgen_cpu\tbusy_before\tother_cpu\tsteal\tstatus_codes\terrors\n' > "$RES"
+  printf 'scenario\tround\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tkinsn_per_req\tkcycles_per_req\tupstream_cpu_us_per_req\trequests\tgen_cpu\tbusy_before\tother_cpu\tsteal\tstatus_codes\terrors\n' > "$RES"
   local M=(--cacert "$CA" --cert "$CLI_CRT" --key "$CLI_KEY")
-  log "load runs: ${DUR}s each, $CONNS keep-alive connections, oha"
-  bench run_oha direct 2 "http://$HOST:$P_UP/private"
-  bench run_oha nginx-mtls 1 "https://localhost:$P_NGX/private" "${M[@]}"
-  if [ "${NGINX_LOG:-1}" != 0 ]; then
-    bench run_oha nginx-mtls-log 1 "https://localhost:$P_NGXLOG/private" "${M[@]}"
-    log "nginx-audit.log: $(wc -l < "$W/log/nginx-audit.log") lines, $(stat -c %s "$W/log/nginx-audit.log") bytes"
-    : > "$W/log/nginx-audit.log"
-  fi
+  log "load runs: $ROUNDS round(s) of the scenarios in turn, ${WARMUP}s warm-up + ${DUR}s measured each, $CONNS keep-alive connections, oha"
+  local a0 l0 a1 l1
+  a0=$(stat -c %s "$W/postern/audit.jsonl" 2>/dev/null || echo 0); l0=$(wc -l < "$W/postern/audit.jsonl" 2>/dev/null || echo 0)
+  local rounds; rounds=$(seq 1 "$ROUNDS")
+  [ "$PERF_OK" = 1 ] && rounds="$rounds perf"
+  for ROUND in $rounds; do
+    COUNT=0; [ "$ROUND" = perf ] && { COUNT=1; log "extra round with perf stat attached: only its instructions/cycles per request are used"; }
+    bench run_oha direct 2 "http://$HOST:$P_UP/private"
+    bench run_oha nginx-mtls 1 "https://localhost:$P_NGX/private" "${M[@]}"
+    if [ "${NGINX_LOG:-1}" != 0 ]; then
+      bench run_oha nginx-mtls-log 1 "https://localhost:$P_NGXLOG/private" "${M[@]}"
+      log "nginx-audit.log: $(wc -l < "$W/log/nginx-audit.log") lines, $(stat -c %s "$W/log/nginx-audit.log") bytes"
+      : > "$W/log/nginx-audit.log"
+    fi
+    if [ "${SKIP_POSTERN:-0}" != 1 ]; then
+      bench run_oha postern-mtls 3 "https://localhost:$P_PST/private" "${M[@]}"
+      alive "$POSTERN_PID" || die "postern died during the run (see $W/log/postern-serve.err)"
+    fi
+  done
+  summarize
   if [ "${SKIP_POSTERN:-0}" != 1 ]; then
-    local a0 l0 a1 l1
-    a0=$(stat -c %s "$W/postern/audit.jsonl" 2>/dev/null || echo 0); l0=$(wc -l < "$W/postern/audit.jsonl" 2>/dev/null || echo 0)
-    bench run_oha postern-mtls 3 "https://localhost:$P_PST/private" "${M[@]}"
-    alive "$POSTERN_PID" || die "postern died during the run (see $W/log/postern-serve.err)"
     a1=$(stat -c %s "$W/postern/audit.jsonl" 2>/dev/null || echo 0); l1=$(wc -l < "$W/postern/audit.jsonl" 2>/dev/null || echo 0)
-    AUDIT_NOTE="postern audit.jsonl: +$((a1 - a0)) bytes, +$((l1 - l0)) lines during the postern runs (incl. retries); now $a1 bytes, $l1 lines; $(awk -v b=$((a1 - a0)) -v l=$((l1 - l0)) 'BEGIN{ if (l>0) printf "%.0f bytes/line", b/l }')"
+    AUDIT_NOTE="postern audit.jsonl: +$((a1 - a0)) bytes, +$((l1 - l0)) lines during the postern runs (incl. warm-up and retries); now $a1 bytes, $l1 lines; $(awk -v b=$((a1 - a0)) -v l=$((l1 - l0)) 'BEGIN{ if (l>0) printf "%.0f bytes/line", b/l }')"
     log "$AUDIT_NOTE"
     stop_postern
+    # hundreds of MB: removed unless KEEP_AUDIT=1 (postern audit verify FILE --key $W/postern/audit.pub checks it)
+    [ "${KEEP_AUDIT:-0}" = 1 ] || rm -f "$W/postern/audit.jsonl"
     [ -s "$W/log/postern-serve.err" ] && log "postern stderr (RUST_LOG=warn): $(wc -l < "$W/log/postern-serve.err") lines, last: $(tail -1 "$W/log/postern-serve.err" | head -c 300)"
   fi
   stop_all
