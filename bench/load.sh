@@ -105,7 +105,7 @@ versions() {
     echo "openssl: $(openssl version)"
     echo "oha: $(oha --version 2>/dev/null || echo missing)"
     echo "rustc: $(rustc --version 2>/dev/null || echo missing)"
-    echo "postern: $(git -C "$REPO" log -1 --format='%h %s' 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- crates 2>/dev/null || echo ' (+ uncommitted changes in crates/)')"
+    echo "postern: HEAD $(git -C "$REPO" log -1 --format='%h' 2>/dev/null || echo '?'); last change to the code: $(git -C "$REPO" log -1 --format='%h %s' -- crates Cargo.toml Cargo.lock 2>/dev/null | cut -c1-100)$(git -C "$REPO" diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo ' (+ uncommitted changes in crates/)')"
     echo "load: DUR=${DUR}s CONNS=$CONNS keep-alive, ${RATE:+paced at $RATE req/s, }oha --worker-threads default ($(nproc) cores)"
   } | tee "$W/versions.txt" >&2
 }
