@@ -131,8 +131,17 @@ impl CertAuthority {
 
     /// The revocation entry for a serial, if revoked.
     pub fn revoked(&self, serial_hex: &str) -> Option<RevokedCert> {
+        let list = self.revoked.load();
+        if list.is_empty() {
+            return None;
+        }
+        // Serials from `client_identity` are already in normal form (the
+        // common case, no allocation); anything else is normalized first.
+        if let Some(r) = list.get(serial_hex) {
+            return Some(r.clone());
+        }
         let serial = postern_pki::normalize_serial(serial_hex).ok()?;
-        self.revoked.load().get(&serial).cloned()
+        list.get(&serial).cloned()
     }
 
     /// The CA's current CRLs, for the TLS verifier.

@@ -63,20 +63,33 @@ const HOP_BY_HOP: &[&str] = &[
     "http2-settings",
 ];
 
+/// Headers postern sets toward upstreams (parsed once, at compile time).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_POSTERN_REQUEST_ID: HeaderName = HeaderName::from_static("x-postern-request-id");
+pub const X_POSTERN_IDENTITY: HeaderName = HeaderName::from_static("x-postern-identity");
+pub const X_POSTERN_AUTH: HeaderName = HeaderName::from_static("x-postern-auth");
+
 /// Is this a header postern owns or a backend may trust as identity, in any
-/// spelling (`X_Forwarded_User`, `x-forwarded-user`)?
+/// spelling (`X_Forwarded_User`, `x-forwarded-user`)? No allocation: this
+/// runs for every header of every request.
 pub fn is_identity_header(name: &str) -> bool {
-    let canon: String = name
-        .chars()
-        .map(|c| {
-            if c == '_' {
-                '-'
-            } else {
-                c.to_ascii_lowercase()
-            }
-        })
-        .collect();
-    canon.starts_with("x-postern-") || IDENTITY_HEADERS.contains(&canon.as_str())
+    // Compare as a backend might fold: case-insensitive, `_` same as `-`.
+    fn fold(b: u8) -> u8 {
+        if b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        }
+    }
+    let n = name.as_bytes();
+    let starts =
+        |canon: &str| n.len() >= canon.len() && canon.bytes().zip(n).all(|(c, b)| c == fold(*b));
+    starts("x-postern-")
+        || IDENTITY_HEADERS
+            .iter()
+            .any(|h| h.len() == n.len() && starts(h))
 }
 
 /// Remove hop-by-hop headers, headers named by `Connection`, and identity

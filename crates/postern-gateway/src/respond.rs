@@ -24,7 +24,8 @@ pub fn json(status: StatusCode, request_id: &str, value: serde_json::Value) -> R
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        resp.headers_mut().insert("x-postern-request-id", v);
+        resp.headers_mut()
+            .insert(crate::headers::X_POSTERN_REQUEST_ID, v);
     }
     resp
 }

@@ -632,22 +632,25 @@ async fn forward(
     parts.headers.remove(HOST);
     let h = &mut parts.headers;
     if let Ok(v) = HeaderValue::from_str(xff_chain) {
-        h.insert("x-forwarded-for", v);
+        h.insert(crate::headers::X_FORWARDED_FOR, v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    h.insert(
+        crate::headers::X_FORWARDED_PROTO,
+        HeaderValue::from_static("https"),
+    );
     if let Ok(v) = HeaderValue::from_str(host) {
-        h.insert("x-forwarded-host", v);
+        h.insert(crate::headers::X_FORWARDED_HOST, v);
     }
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        h.insert("x-postern-request-id", v);
+        h.insert(crate::headers::X_POSTERN_REQUEST_ID, v);
     }
     if let Some(p) = &identity.principal {
         if let Ok(v) = HeaderValue::from_str(p) {
-            h.insert("x-postern-identity", v);
+            h.insert(crate::headers::X_POSTERN_IDENTITY, v);
         }
     }
     if let Ok(v) = HeaderValue::from_str(&auth_label(via)) {
-        h.insert("x-postern-auth", v);
+        h.insert(crate::headers::X_POSTERN_AUTH, v);
     }
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
@@ -720,7 +723,9 @@ async fn forward(
     headers::sanitize_response(&mut rparts.headers, switching);
     crate::session::strip_response_cookies(&mut rparts.headers);
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        rparts.headers.insert("x-postern-request-id", v);
+        rparts
+            .headers
+            .insert(crate::headers::X_POSTERN_REQUEST_ID, v);
     }
     let mut reasons = decision.reasons.clone();
     reasons.push(format!(
