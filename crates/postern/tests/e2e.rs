@@ -6,14 +6,14 @@
 
 mod support;
 
+mod browser;
 mod ca;
 mod certs;
 mod cli;
-mod gateway;
-mod review;
-mod observe;
-mod browser;
-mod oidc;
 mod consent;
 mod console;
+mod gateway;
+mod observe;
+mod oidc;
+mod review;
 mod risk;
