@@ -875,6 +875,7 @@ impl<'a> Compiler<'a> {
         let mut seen_places: HashMap<(String, String), String> = HashMap::new();
         let mtls_on = !self.config.tls.client_ca.is_empty();
         let jwt_on = self.config.jwt.is_some();
+        let oidc_on = self.config.oidc.is_some();
         for (i, spanned) in self.config.routes.iter().enumerate() {
             let cfg: &RouteConfig = spanned.get_ref();
             let name = if cfg.id.is_empty() {
@@ -917,12 +918,19 @@ impl<'a> Compiler<'a> {
                 let usable = require.iter().any(|alt| {
                     (!alt.contains(Factor::Mtls) || mtls_on)
                         && (!alt.contains(Factor::Jwt) || jwt_on)
+                        && (!alt.contains(Factor::Oidc) || oidc_on)
                 });
                 if !usable {
                     self.warn(
                         Some(cfg.require.span()),
                         f("require"),
-                        "no alternative can be met: mtls needs `tls.client_ca` and jwt needs a `[jwt]` section; only opt-outs can reach this route",
+                        "no alternative can be met: mtls needs `tls.client_ca`, jwt a `[jwt]` section and oidc an `[oidc]` section; only opt-outs can reach this route",
+                    );
+                } else if !oidc_on && require.iter().any(|alt| alt.contains(Factor::Oidc)) {
+                    self.warn(
+                        Some(cfg.require.span()),
+                        f("require"),
+                        "an alternative needs oidc but there is no `[oidc]` section: browsers cannot sign in on this route",
                     );
                 }
             }

@@ -703,3 +703,22 @@ fn route_no_alternative_can_meet_is_a_warning() {
     );
     assert!(d.iter().all(|d| d.severity == Severity::Warning));
 }
+
+#[test]
+fn an_oidc_alternative_without_an_oidc_section_is_flagged() {
+    let w = warnings(
+        r#"
+[[route]]
+id = "docs"
+host = "*"
+path_prefix = "/docs"
+upstream = "echo"
+require = [["mtls"], ["oidc"]]
+"#,
+    );
+    let r = render(&w);
+    assert!(
+        r.contains("route[docs].require") && r.contains("[oidc]"),
+        "{r}"
+    );
+}
