@@ -9,6 +9,28 @@
 #   postern-mtls     `postern serve` with mTLS, alice's demo certificate, route `/` (:9443 -> :9000),
 #                    writing its audit record for every request
 # All with keep-alive, CONNS connections, load generator oha presenting a client certificate.
+#
+# Handshake scenarios (HS=0 skips them; not run with RATE): no keep-alive, every request is a new
+# TCP connection + TLS 1.3 handshake with alice's client certificate + one request, HS_CONNS
+# (default 16) connections in parallel, so req/s = handshakes/s:
+#   nginx-mtls-hs      FULL handshakes: nginx server block :9446 with `ssl_session_cache off;
+#                      ssl_session_tickets off;`, load from bench/hsload (resumption disabled)
+#   postern-mtls-hs    FULL handshakes: postern, load from bench/hsload (resumption disabled).
+#                      postern's rustls server always offers resumption (rustls' default stateful
+#                      cache of 256 sessions, 2 TLS 1.3 tickets per handshake; tls.rs does not change
+#                      it), and oha always resumes: with oha, postern's handshakes are resumed ones.
+#                      hsload uses oha's rustls client config with `resumption` disabled instead.
+#   postern-mtls-hs-x25519  as postern-mtls-hs, the client offering X25519 only: rustls (oha, hsload)
+#                      prefers the post-quantum hybrid X25519MLKEM768, which postern negotiates and
+#                      nginx with OpenSSL 3.0 cannot (it gets X25519): this one is like for like
+#   nginx-mtls-hs-oha  the full-handshake nginx block again, loaded by oha --disable-keepalive:
+#                      checks that hsload and oha measure the same thing
+#   nginx-mtls-hsr     RESUMED handshakes: oha --disable-keepalive against nginx-mtls-log (:9445,
+#                      session cache + tickets on, one log line per request)
+#   postern-mtls-hsr   RESUMED handshakes: oha --disable-keepalive against postern
+# Whether each handshake was full or resumed is checked, not assumed: hsload reports rustls'
+# handshake kind for every connection, nginx logs $ssl_session_reused, and the sanity checks
+# resume a session against postern with openssl s_client -sess_out/-sess_in.
 # Both proxies use postern's demo PKI (ECDSA P-256 CA, server and client certificates), so the
 # TLS work is the same key type on both sides.
 #
@@ -27,6 +49,7 @@
 #        SKIP_INSTALL=1  skip apt-get / cargo install;   SKIP_BUILD=1  use the existing target/release/postern
 #        SKIP_POSTERN=1  nginx scenarios only, PKI made with openssl (for testing the harness)
 #        NGINX_LOG=0     skip the nginx-mtls-log scenario
+#        HS=0            skip the handshake scenarios;  HS_CONNS  their connections (default 16)
 #        KEEP_AUDIT=1    keep postern's audit.jsonl after the run (~660 bytes per request: hundreds of MB)
 #        WARMUP     seconds of unmeasured load right before each measured run (default 3; 0 = none)
 #        PERF=0     do not count instructions/cycles with perf stat (default: counted when perf works)
@@ -48,14 +71,17 @@ RES=${RESULTS:-$W/results${RATE:+-rate$RATE}.tsv}   # one row per run
 SUM=${RES%.tsv}-median.tsv                          # one row per scenario: medians over the rounds
 ROUNDS=${ROUNDS:-3}
 HOST=127.0.0.1            # the only address this script ever sends traffic to
-P_UP=9000 P_NGX=9444 P_NGXLOG=9445 P_PST=9443
+P_UP=9000 P_NGX=9444 P_NGXLOG=9445 P_NGXFULL=9446 P_PST=9443
 POSTERN="$REPO/target/release/postern"
+HSLOAD="$REPO/target/hsload/release/hsload"   # bench/hsload, built by do_build
+HS_CONNS=${HS_CONNS:-16}
 export PATH="$HOME/.cargo/bin:$PATH"
 
 case "$W" in /tmp/?*) ;; *) echo "LOAD_DIR must be under /tmp/" >&2; exit 2;; esac
 case "$DUR" in ''|*[!0-9]*) echo "DUR must be an integer" >&2; exit 2;; esac
 case "$ROUNDS" in ''|0|*[!0-9]*) echo "ROUNDS must be a positive integer" >&2; exit 2;; esac
 case "$CONNS" in ''|*[!0-9]*) echo "CONNS must be an integer" >&2; exit 2;; esac
+case "$HS_CONNS" in ''|0|*[!0-9]*) echo "HS_CONNS must be a positive integer" >&2; exit 2;; esac
 WARMUP=${WARMUP:-3}
 case "$WARMUP" in ''|*[!0-9]*) echo "WARMUP must be an integer" >&2; exit 2;; esac
 case "${RATE:-}" in *[!0-9]*) echo "RATE must be an integer (req/s)" >&2; exit 2;; esac
@@ -95,6 +121,10 @@ do_install() {
 do_build() {
   log "cargo build --release -p postern"
   (cd "$REPO" && cargo build --release -p postern) >&2
+  if [ "${HS:-1}" != 0 ]; then
+    log "cargo build --release bench/hsload (the full-handshake load generator)"
+    (cd "$REPO" && cargo build --release --manifest-path bench/hsload/Cargo.toml --target-dir "$REPO/target/hsload") >&2
+  fi
 }
 
 versions() {
@@ -107,6 +137,7 @@ versions() {
     echo "rustc: $(rustc --version 2>/dev/null || echo missing)"
     echo "postern: HEAD $(git -C "$REPO" log -1 --format='%h' 2>/dev/null || echo '?'); last change to the code: $(git -C "$REPO" log -1 --format='%h %s' -- crates Cargo.toml Cargo.lock 2>/dev/null | cut -c1-100)$(git -C "$REPO" diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo ' (+ uncommitted changes in crates/)')"
     echo "load: DUR=${DUR}s CONNS=$CONNS keep-alive, ${RATE:+paced at $RATE req/s, }oha --worker-threads default ($(nproc) cores)"
+    [ "${HS:-1}" = 0 ] || [ -n "${RATE:-}" ] || echo "handshakes: HS_CONNS=$HS_CONNS connections, no keep-alive; hsload (bench/hsload, $(git -C "$REPO" log -1 --format=%h -- bench/hsload 2>/dev/null || echo '?')) for full, oha for resumed handshakes"
   } | tee "$W/versions.txt" >&2
 }
 
@@ -224,7 +255,7 @@ error_log $W/log/nginx-front.err warn;
 http {
   $httpcommon
   upstream app { server $HOST:$P_UP; keepalive 128; }
-  log_format audit '\$msec \$remote_addr "\$ssl_client_s_dn" \$ssl_client_verify \$ssl_protocol "\$request" \$status \$upstream_response_time';
+  log_format audit '\$msec \$remote_addr "\$ssl_client_s_dn" \$ssl_client_verify \$ssl_protocol reused=\$ssl_session_reused "\$request" \$status \$upstream_response_time';
   ssl_certificate     $SRV_CRT;
   ssl_certificate_key $SRV_KEY;
   ssl_protocols TLSv1.2 TLSv1.3;   # nginx 1.22's default lacks TLSv1.3 (added to the default in 1.23.4)
@@ -239,6 +270,14 @@ http {
   # nginx-mtls-log: as nginx-mtls plus one unbuffered log line per request (audit stand-in)
   server { listen $HOST:$P_NGXLOG ssl backlog=4096;
     access_log $W/log/nginx-audit.log audit;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Client-DN \$ssl_client_s_dn; proxy_set_header X-Client-Verify \$ssl_client_verify; } }
+
+  # nginx-mtls-hs: as nginx-mtls-log, but resumption refused (no session cache, no tickets), so every
+  # new connection is a full handshake; the log line records \$ssl_session_reused to check it
+  server { listen $HOST:$P_NGXFULL ssl backlog=4096;
+    ssl_session_cache off; ssl_session_tickets off;
+    access_log $W/log/nginx-full.log audit;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Client-DN \$ssl_client_s_dn; proxy_set_header X-Client-Verify \$ssl_client_verify; } }
 }
@@ -290,6 +329,16 @@ sanity() {
   code=$(CURL_TLS $P_NGX -o /dev/null -w '%{http_code}' "https://localhost:$P_NGX/private")
   [ "$code" = 400 ] || die "nginx-mtls accepted a request without client cert ($code)"
   log "nginx: with cert -> 200, without -> 400"
+  if [ "${HS:-1}" != 0 ] && [ -z "${RATE:-}" ]; then
+    code=$(CURL_TLS $P_NGXFULL -o /dev/null -w '%{http_code}' --cert "$CLI_CRT" --key "$CLI_KEY" "https://localhost:$P_NGXFULL/private")
+    [ "$code" = 200 ] || die "nginx full-handshake block (:$P_NGXFULL) with cert -> $code, want 200"
+    # does each server resume a TLS 1.3 session? (openssl s_client keeps the session, then offers it)
+    local port what
+    for port in $P_NGXLOG $P_NGXFULL $([ "${SKIP_POSTERN:-0}" = 1 ] || echo $P_PST); do
+      what=$(resumes $port)
+      log "TLS resumption offered by :$port? $what"
+    done
+  fi
   if [ "${SKIP_POSTERN:-0}" != 1 ]; then
     code=$(CURL_TLS $P_PST -o "$W/log/postern-sanity.body" -w '%{http_code}' --cert "$CLI_CRT" --key "$CLI_KEY" "https://localhost:$P_PST/private")
     [ "$code" = 200 ] || die "postern with alice's cert -> $code, want 200 ($(head -c 300 "$W/log/postern-sanity.body"))"
@@ -298,6 +347,25 @@ sanity() {
     [ "$code" = 401 ] || log "WARNING: postern without credentials -> $code (expected 401)"
     log "postern: alice's cert -> 200 (upstream body ok), no credentials -> $code"
   fi
+}
+
+# resumes PORT: connect twice with openssl s_client (client cert, TLS 1.3), the second time offering the
+# session (ticket) the first connection received: "Reused" if the server resumed it.
+resumes() {
+  local port=$1 sess="$W/log/sess-$1.pem" out
+  rm -f "$sess"
+  timeout 10 openssl s_client -connect "$HOST:$port" -servername localhost -tls1_3 -CAfile "$CA" \
+    -cert "$CLI_CRT" -key "$CLI_KEY" -sess_out "$sess" -ign_eof > /dev/null 2>&1 <<< $'GET /private HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' || true
+  [ -s "$sess" ] || { echo "no session saved (no ticket received): NO"; return; }
+  out=$(timeout 10 openssl s_client -connect "$HOST:$port" -servername localhost -tls1_3 -CAfile "$CA" \
+    -cert "$CLI_CRT" -key "$CLI_KEY" -sess_in "$sess" < /dev/null 2>/dev/null | grep -E '^(New|Reused),' | head -1)
+  case "$out" in Reused*) echo "YES ($out)";; New*) echo "NO, ticket not accepted ($out)";; *) echo "? ($out)";; esac
+}
+
+# reuse_stats LOG: nginx log lines (one per request = per connection here): TLS versions, % resumed
+reuse_stats() {
+  awk '{for(i=1;i<=NF;i++){ if($i ~ /^TLSv/) p[$i]++; if($i=="reused=r") r++ }} END{
+    printf "%d lines", NR; for(k in p) printf " %s=%d", k, p[k]; printf " resumed=%.1f%%", (NR ? 100*r/NR : 0) }' "$1"
 }
 
 # ---------------------------------------------------------------- measuring
@@ -363,7 +431,7 @@ timed() {  # outfile oha-args... (without -z: warm-up, then DUR seconds measured
   # warm-up, not measured: a freshly started server (postern's heap, TLS sessions, upstream pool)
   # runs its first seconds markedly slower; every scenario gets the same warm-up
   if [ "$WARMUP" -gt 0 ]; then
-    timeout -k 5 $((WARMUP + 20)) oha -z "${WARMUP}s" "$@" > /dev/null 2>&1 || true
+    timeout -k 5 $((WARMUP + 20)) "${GEN:-oha}" -z "${WARMUP}s" "$@" > /dev/null 2>&1 || true
   fi
   if [ "${COUNT:-0}" = 1 ]; then
     pids=$(server_pids "$FIELD")
@@ -374,7 +442,7 @@ timed() {  # outfile oha-args... (without -z: warm-up, then DUR seconds measured
     fi
   fi
   st0=$(stat_busy); S0=$(snap)
-  /usr/bin/time -f '%U %S %e' -o "$tf" timeout -k 5 "$KILL_AFTER" oha -z "${DUR}s" "$@" > "$out" 2> "$out.err" || true
+  /usr/bin/time -f '%U %S %e' -o "$tf" timeout -k 5 "$KILL_AFTER" "${GEN:-oha}" -z "${DUR}s" "$@" > "$out" 2> "$out.err" || true
   S1=$(snap); st1=$(stat_busy)
   if [ -n "$pp" ]; then kill -INT "$pp" 2>/dev/null || true; wait "$pp" 2>/dev/null || true; fi
   STEAL=$(awk -v a="$st0" -v b="$st1" 'BEGIN{split(a,x," "); split(b,y," "); d=y[2]-x[2]; printf "%.0f%%", (d>0 ? 100*(y[3]-x[3])/d : 0)}')
@@ -397,7 +465,8 @@ us_per_req() {  # field(1=front 2=upstream 3=postern) nreq -> µs of CPU per req
     d=(y[i]-x[i])/tck*1e6; if (n>0) printf "%.1f", d/n; else printf "-" }'
 }
 
-# run_oha scenario proxy_field url [oha args...]: one bounded oha run, one result row in ROW
+# run_oha scenario proxy_field url [oha args...]: one bounded oha run, one result row in ROW.
+# GEN (default oha) and C (default CONNS), set for one call, pick another generator / connection count.
 run_oha() {
   local sc=$1 field=$2 url=$3; shift 3
   case "$url" in
@@ -414,7 +483,7 @@ run_oha() {
   local pace=()
   [ -n "${RATE:-}" ] && pace=(-q "$RATE" --latency-correction)
   FIELD=$field
-  timed "$out" --no-tui --output-format json -c "$CONNS" "${pace[@]}" "${pin[@]}" "$@" "$url"
+  timed "$out" --no-tui --output-format json -c "${C:-$CONNS}" "${pace[@]}" "${pin[@]}" "$@" "$url"
   local rps p50 p99 n ok codes errs
   rps=$(jq -r '.summary.requestsPerSec // 0 | floor' "$out" 2>/dev/null || echo ERR)
   p50=$(jq -r '(.latencyPercentiles.p50 // 0)*1e3' "$out" 2>/dev/null | awk '{printf "%.3f", $1}' || echo -)
@@ -425,6 +494,8 @@ run_oha() {
   # with -z, oha aborts the requests in flight at the deadline (one per connection): not errors
   errs=$(jq -c '.errorDistribution // {} | del(.["aborted due to deadline"])' "$out" 2>/dev/null || echo '?')
   [ "$n" = "$ok" ] || log "WARNING: $sc: not every response was 200: $codes"
+  # hsload: how many handshakes were full / resumed, and the key exchange negotiated
+  jq -e .tls "$out" >/dev/null 2>&1 && log "  $sc: hsload handshakes $(jq -c '.tls.handshakes' "$out"), key exchange $(jq -c '.tls.kx' "$out"), errors $errs"
   local cpu up kin kcy
   cpu=$(us_per_req "$field" "$n"); up=$(us_per_req 2 "$n")
   [ "$field" = 2 ] && up="-"
@@ -432,7 +503,7 @@ run_oha() {
   kcy=$(awk -v v="${CYC:-}" -v n="$n" 'BEGIN{ if (v!="" && n>0) printf "%.1f", v/n/1000; else printf "-" }')
   ROW=$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' \
     "$sc" "$ROUND" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$GEN_CPU" "${BG}%" "$OTHER" "$STEAL" "$codes" "$errs")
-  printf '  r%s %-15s %8s req/s  p50 %6s ms  p99 %6s ms  cpu %6s µs/req  %s kinsn/req %s kcycles/req  (upstream %s µs; n=%s gen=%s bg=%s%% other=%s steal=%s)\n' \
+  printf '  r%s %-22s %8s req/s  p50 %6s ms  p99 %6s ms  cpu %6s µs/req  %s kinsn/req %s kcycles/req  (upstream %s µs; n=%s gen=%s bg=%s%% other=%s steal=%s)\n' \
     "$ROUND" "$sc" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$GEN_CPU" "$BG" "$OTHER" "$STEAL" >&2
 }
 
@@ -479,17 +550,20 @@ print_table() {
   echo "   kinsn/kcycles: thousands of instructions / cycles of the same process(es) per request, from the extra round 'perf'"
   echo "   (perf stat attached; that round's own times are inflated by the counting and not used in the medians)"
   echo "   upstream: the upstream nginx's µs/req; gen: oha's CPU, % of all cores; other: CPU used by anything else; steal: hypervisor steal"
+  echo "   *-hs / *-hsr: no keep-alive, $HS_CONNS connections, a new TCP + TLS handshake per request (req/s = handshakes/s, cpu µs/req = per handshake);"
+  echo "   -hs: full handshakes (load from bench/hsload, resumption disabled), -hsr: resumed (oha), -hs-oha: the full-handshake nginx block loaded by oha;"
+  echo "   key exchange: postern-mtls-hs X25519MLKEM768 (rustls' preference), postern-mtls-hs-x25519 and nginx X25519"
   echo "-- each run:"
-  printf '%-15s %2s %9s %8s %8s %11s %8s %8s %9s %9s %5s %6s %6s  %s\n' scenario r "req/s" "p50 ms" "p99 ms" "cpu µs/req" "kinsn" "kcycles" "upstream" requests gen other steal codes
+  printf '%-22s %2s %9s %8s %8s %11s %8s %8s %9s %9s %5s %6s %6s  %s\n' scenario r "req/s" "p50 ms" "p99 ms" "cpu µs/req" "kinsn" "kcycles" "upstream" requests gen other steal codes
   while IFS=$'\t' read -r sc rd rps p50 p99 cpu kin kcy up n gen bg oth stl codes errs; do
     [ "$sc" = scenario ] && continue
-    printf '%-15s %2s %9s %8s %8s %11s %8s %8s %9s %9s %5s %6s %6s  %s %s\n' "$sc" "$rd" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$gen" "$oth" "$stl" "$codes" "$( [ "$errs" = '{}' ] || echo "errors=$errs")"
+    printf '%-22s %2s %9s %8s %8s %11s %8s %8s %9s %9s %5s %6s %6s  %s %s\n' "$sc" "$rd" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$gen" "$oth" "$stl" "$codes" "$( [ "$errs" = '{}' ] || echo "errors=$errs")"
   done < "$RES"
   echo "-- median over the rounds without perf (each column separately; kinsn/kcycles from the perf round):"
-  printf '%-15s %9s %8s %8s %11s %8s %8s %9s  %s\n' scenario "req/s" "p50 ms" "p99 ms" "cpu µs/req" "kinsn" "kcycles" "upstream" "cpu µs/req of each round"
+  printf '%-22s %9s %8s %8s %11s %8s %8s %9s  %s\n' scenario "req/s" "p50 ms" "p99 ms" "cpu µs/req" "kinsn" "kcycles" "upstream" "cpu µs/req of each round"
   while IFS=$'\t' read -r sc nr rps p50 p99 cpu kin kcy up each; do
     [ "$sc" = scenario ] && continue
-    printf '%-15s %9s %8s %8s %11s %8s %8s %9s  %s\n' "$sc" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$each"
+    printf '%-22s %9s %8s %8s %11s %8s %8s %9s  %s\n' "$sc" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$each"
   done < "$SUM"
   if grep -q '^postern-mtls' "$SUM"; then
     echo
@@ -500,6 +574,14 @@ print_table() {
         if (nin>0 && pin>0) printf "postern / nginx-mtls instructions per request: %.2fx (%s vs %s thousand)\n", pin/nin, pin, nin;
         if (lcpu>0) printf "postern / nginx-mtls-log CPU per request: %.2fx (%s vs %s µs)\n", pcpu/lcpu, pcpu, lcpu;
         printf "p99 added over direct: postern %+.3f ms (target <= 1 ms: %s), nginx-mtls %+.3f ms\n", pp99-dp99, (pp99-dp99<=1?"MET":"NOT MET"), np99-dp99 }' "$SUM"
+    awk -F'\t' '{ r[$1]=$3; c[$1]=$6; k[$1]=$7; p50[$1]=$4; p99[$1]=$5 }
+      function line(a, b, what) { if (r[a]>0 && r[b]>0) printf "%-44s handshakes/s %.2fx (%s vs %s), CPU/handshake %.2fx (%s vs %s µs), p50 %s vs %s ms, p99 %s vs %s ms%s\n",
+          what, r[a]/r[b], r[a], r[b], (c[b]>0 ? c[a]/c[b] : 0), c[a], c[b], p50[a], p50[b], p99[a], p99[b],
+          (k[a]>0 && k[b]>0 ? sprintf(", instructions %.2fx (%s vs %s k)", k[a]/k[b], k[a], k[b]) : "") }
+      END{ line("postern-mtls-hs", "nginx-mtls-hs", "full handshakes, postern / nginx:");
+           line("postern-mtls-hs-x25519", "nginx-mtls-hs", "full, both X25519, postern / nginx:");
+           line("postern-mtls-hsr", "nginx-mtls-hsr", "resumed handshakes, postern / nginx:");
+           line("nginx-mtls-hs", "nginx-mtls-hs-oha", "nginx full handshakes, hsload / oha:") }' "$SUM"
     [ -n "${AUDIT_NOTE:-}" ] && echo "$AUDIT_NOTE"
   fi
   echo "results: $SUM (medians), $RES (each run); raw oha JSON: $W/raw/"
@@ -530,6 +612,11 @@ do_all() {
   log "load runs: $ROUNDS round(s) of the scenarios in turn, ${WARMUP}s warm-up + ${DUR}s measured each, $CONNS keep-alive connections, oha"
   local a0 l0 a1 l1
   a0=$(stat -c %s "$W/postern/audit.jsonl" 2>/dev/null || echo 0); l0=$(wc -l < "$W/postern/audit.jsonl" 2>/dev/null || echo 0)
+  HSRUN=0
+  if [ "${HS:-1}" != 0 ] && [ -z "${RATE:-}" ]; then
+    [ -x "$HSLOAD" ] || die "no $HSLOAD (built by do_build; HS=0 skips the handshake scenarios)"
+    HSRUN=1
+  fi
   local rounds; rounds=$(seq 1 "$ROUNDS")
   [ "$PERF_OK" = 1 ] && rounds="$rounds perf"
   for ROUND in $rounds; do
@@ -544,6 +631,20 @@ do_all() {
     if [ "${SKIP_POSTERN:-0}" != 1 ]; then
       bench run_oha postern-mtls 3 "https://localhost:$P_PST/private" "${M[@]}"
       alive "$POSTERN_PID" || die "postern died during the run (see $W/log/postern-serve.err)"
+    fi
+    if [ "$HSRUN" = 1 ]; then   # handshakes: a new connection per request, HS_CONNS connections
+      : > "$W/log/nginx-full.log"
+      GEN=$HSLOAD C=$HS_CONNS bench run_oha nginx-mtls-hs 1 "https://localhost:$P_NGXFULL/private" "${M[@]}" --disable-keepalive
+      [ "${SKIP_POSTERN:-0}" = 1 ] || GEN=$HSLOAD C=$HS_CONNS bench run_oha postern-mtls-hs 3 "https://localhost:$P_PST/private" "${M[@]}" --disable-keepalive
+      [ "${SKIP_POSTERN:-0}" = 1 ] || GEN=$HSLOAD C=$HS_CONNS bench run_oha postern-mtls-hs-x25519 3 "https://localhost:$P_PST/private" "${M[@]}" --disable-keepalive --x25519
+      log "nginx-mtls-hs (hsload) nginx log: $(reuse_stats "$W/log/nginx-full.log")"; : > "$W/log/nginx-full.log"
+      C=$HS_CONNS bench run_oha nginx-mtls-hs-oha 1 "https://localhost:$P_NGXFULL/private" "${M[@]}" --disable-keepalive
+      log "nginx-mtls-hs-oha nginx log: $(reuse_stats "$W/log/nginx-full.log")"; : > "$W/log/nginx-full.log"
+      : > "$W/log/nginx-audit.log"
+      C=$HS_CONNS bench run_oha nginx-mtls-hsr 1 "https://localhost:$P_NGXLOG/private" "${M[@]}" --disable-keepalive
+      log "nginx-mtls-hsr (oha) nginx log: $(reuse_stats "$W/log/nginx-audit.log")"; : > "$W/log/nginx-audit.log"
+      [ "${SKIP_POSTERN:-0}" = 1 ] || C=$HS_CONNS bench run_oha postern-mtls-hsr 3 "https://localhost:$P_PST/private" "${M[@]}" --disable-keepalive
+      [ "${SKIP_POSTERN:-0}" = 1 ] || alive "$POSTERN_PID" || die "postern died during the run (see $W/log/postern-serve.err)"
     fi
   done
   summarize
