@@ -261,12 +261,16 @@ async fn pipeline(
             .get(crate::consent::DEVICE_COOKIE)
             .and_then(|v| store.parse_device_cookie(v))
     });
+    // Set when the only thing naming the user is the device cookie: that name
+    // may reach the upstream only through one of the user's own offers.
+    let mut principal_from_device = false;
     if let (Some(store), Some((dev, who))) = (shared.consents.as_deref(), &device) {
         // Never across users: a device cookie of bob's does nothing for alice.
         if identity.principal.as_deref().is_none_or(|p| p == who) && identity.invalid.is_empty() {
             identity.consents = store.claims(who, dev, now);
             if identity.principal.is_none() && !identity.consents.is_empty() {
                 identity.principal = Some(who.clone());
+                principal_from_device = true;
             }
         }
     }
@@ -332,6 +336,21 @@ async fn pipeline(
         .metrics
         .decision_duration
         .observe(decide_started.elapsed());
+    if principal_from_device {
+        // A device cookie is no authentication: unless the user's own offer
+        // let this request through, do not name them to the upstream (a
+        // health-check or webhook opt-out must not arrive "as alice").
+        let by_offer = decision.is_optout()
+            && decision
+                .rule
+                .as_deref()
+                .and_then(|r| runtime.policy.optout(r))
+                .is_some_and(|r| r.offer().is_some());
+        if !by_offer {
+            identity.principal = None;
+            ctx.identity = None;
+        }
+    }
 
     // 4. Conditions the core cannot check: the webhook signature over the body.
     let body = if let Some(Condition::WebhookSignature(spec)) = decision.condition.clone() {

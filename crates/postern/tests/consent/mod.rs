@@ -200,6 +200,25 @@ async fn forged_void_expired_or_revoked_consent_cookies_never_open_the_side_gate
             .is_none_or(|v| !v.contains(DEVICE_COOKIE)),
         "postern's cookies never reach the upstream"
     );
+    // The device cookie names alice only through her own offer: another
+    // opt-out (the health check) does not arrive "as alice".
+    let r = c
+        .get(
+            None,
+            "/healthz",
+            &[("Cookie", &format!("{DEVICE_COOKIE}={alice_good}"))],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-postern-auth").as_deref(),
+        Some("optout:healthz")
+    );
+    assert_eq!(
+        r.upstream_header("x-postern-identity"),
+        None,
+        "a device cookie is no authentication"
+    );
     // Only read-only methods on the offer's paths.
     let post = c
         .request(
