@@ -98,11 +98,15 @@ async fn a_grant_in_the_batch_certificate_opens_only_its_rule() {
         r.upstream_header("x-postern-identity").as_deref(),
         Some("service/batch")
     );
-    // The grant names GET on /reports/** only.
+    // The rule names GET on the daily and weekly exports only.
     assert_eq!(
         c.request(Some(&batch), "POST", "/reports/daily", &[], b"")
             .await
             .status,
+        401
+    );
+    assert_eq!(
+        c.get(Some(&batch), "/reports/payroll", &[]).await.status,
         401
     );
     // Alice's certificate carries no grant: reports need her token too.
