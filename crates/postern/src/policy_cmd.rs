@@ -114,6 +114,20 @@ fn approve(
     reviewer: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let config = load_config(config_path)?;
+    // Never sign what the gateway would refuse anyway: a reviewer approves a
+    // policy that compiles, and sees its warnings first.
+    let diags = postern_policy::Policy::check(&config, time::OffsetDateTime::now_utc());
+    crate::print_diagnostics(&diags);
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == postern_policy::Severity::Error)
+        .count();
+    if errors > 0 {
+        bail!(
+            "`{}` has {errors} error(s) above: fix them before approving",
+            config_path.display()
+        );
+    }
     let key = read_signing_key(key_path)?;
     let digest = postern_review::digest(&config);
     let reviewers = match &config.review {

@@ -347,3 +347,29 @@ async fn serve_reloads_on_sighup_and_refuses_an_unsigned_widening() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_reviewer_cannot_approve_a_policy_the_gateway_would_refuse() {
+    let dir = demo_dir();
+    let cfg = write_config(dir.path(), |t| {
+        t.replace(r#""127.0.0.0/8""#, r#""127.0.0.0/33""#)
+    });
+    let before = std::fs::read_to_string(dir.path().join("postern.toml.approvals")).unwrap();
+    let key = dir.path().join("reviewer-1.key");
+    let out = postern(&[
+        "policy",
+        "approve",
+        "--config",
+        &cfg,
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("127.0.0.0/33") && err.contains("before approving"),
+        "{err}"
+    );
+    let after = std::fs::read_to_string(dir.path().join("postern.toml.approvals")).unwrap();
+    assert_eq!(before, after, "nothing was signed");
+}
