@@ -105,13 +105,20 @@ impl CertAuthority {
         &self.store
     }
 
-    /// Re-read `revoked.json` and `crl.pem`; keep the previous snapshot on error.
-    pub fn reload(&self) -> Result<(), String> {
+    /// Re-read `revoked.json` and `crl.pem`; keep the previous snapshot on
+    /// error. Returns the entries revoked since the previous snapshot.
+    pub fn reload(&self) -> Result<Vec<RevokedCert>, String> {
         let list = RevocationList::load(self.store.revoked_path()).map_err(|e| e.to_string())?;
         let map: HashMap<String, RevokedCert> = list
             .entries()
             .iter()
             .map(|r| (r.serial_hex.clone(), r.clone()))
+            .collect();
+        let before = self.revoked.load();
+        let added: Vec<RevokedCert> = map
+            .iter()
+            .filter(|(serial, _)| !before.contains_key(*serial))
+            .map(|(_, r)| r.clone())
             .collect();
         self.revoked.store(Arc::new(map));
         let crl_path = self.store.crl_path();
@@ -126,7 +133,7 @@ impl CertAuthority {
             }
             Err(e) => return Err(format!("`{}`: {e}", crl_path.display())),
         }
-        Ok(())
+        Ok(added)
     }
 
     /// The revocation entry for a serial, if revoked.
@@ -152,7 +159,7 @@ impl CertAuthority {
     /// Watch `revoked.json` and `crl.pem`; on change reload and call `changed`.
     pub fn spawn_watcher(
         self: &Arc<Self>,
-        changed: impl Fn() + Send + Sync + 'static,
+        changed: impl Fn(&[RevokedCert]) + Send + Sync + 'static,
     ) -> tokio::task::JoinHandle<()> {
         let ca = Arc::clone(self);
         tokio::spawn(async move {
@@ -167,10 +174,10 @@ impl CertAuthority {
                     continue;
                 }
                 match ca.reload() {
-                    Ok(()) => {
+                    Ok(added) => {
                         last = now;
-                        tracing::info!(dir = %ca.dir().display(), "revocations reloaded");
-                        changed();
+                        tracing::info!(dir = %ca.dir().display(), new = added.len(), "revocations reloaded");
+                        changed(&added);
                     }
                     // A half-written file: try again next tick, keep the old snapshot.
                     Err(e) => {

@@ -169,18 +169,6 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
         crls,
     )?;
     let acceptor = Arc::new(ArcSwap::from_pointee(TlsAcceptor::from(Arc::new(tls_cfg))));
-    if let Some(ca) = &ca {
-        // A new CRL reaches new handshakes at once; open connections are
-        // re-checked per request by the authenticator.
-        let (acc, files, weak) = (acceptor.clone(), tls_files.clone(), Arc::downgrade(ca));
-        ca.spawn_watcher(move || {
-            let Some(ca) = weak.upgrade() else { return };
-            match crate::tls::server_config_with_crls(&files.cert, &files.key, &files.client_cas, ca.crls()) {
-                Ok(cfg) => acc.store(Arc::new(TlsAcceptor::from(Arc::new(cfg)))),
-                Err(e) => tracing::error!(error = %e, "rebuilding TLS with the new CRL failed; keeping the previous one"),
-            }
-        });
-    }
     let jwt = match &config.jwt {
         None => None,
         Some(j) => match (&j.jwks_file, &j.jwks_url) {
@@ -306,6 +294,35 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
         }
     };
     let console_addr = crate::console::start(config, &shared, stop_rx.clone()).await?;
+    if let Some(ca) = shared.authn.ca.clone() {
+        // A new CRL reaches new handshakes at once; open connections are
+        // re-checked per request by the authenticator. Each revocation the
+        // gateway learns of (from `postern ca revoke`, another process) is
+        // an audit record.
+        let (acc, files, weak) = (acceptor.clone(), tls_files.clone(), Arc::downgrade(&shared));
+        ca.spawn_watcher(move |added| {
+            let Some(shared) = weak.upgrade() else { return };
+            let Some(ca) = shared.authn.ca.as_ref() else { return };
+            match crate::tls::server_config_with_crls(&files.cert, &files.key, &files.client_cas, ca.crls()) {
+                Ok(cfg) => acc.store(Arc::new(TlsAcceptor::from(Arc::new(cfg)))),
+                Err(e) => tracing::error!(error = %e, "rebuilding TLS with the new CRL failed; keeping the previous one"),
+            }
+            for r in added {
+                let mut ev = AuditEvent::new(OffsetDateTime::now_utc(), "revocation");
+                ev.decision = Some("revoked".to_string());
+                ev.identity = r.identity.clone();
+                ev.cert_serial = Some(r.serial_hex.clone());
+                ev.reasons = vec![format!(
+                    "certificate {} revoked at {} ({:?}); refused from now on, at new handshakes and on open connections",
+                    r.serial_hex,
+                    crate::authn::fmt_time(r.revoked_at),
+                    r.reason
+                )];
+                let shared = shared.clone();
+                tokio::spawn(async move { shared.audit.append(ev).await });
+            }
+        });
+    }
     let task = tokio::spawn(accept_loop(listener, acceptor, shared.clone(), stop_rx));
     Ok(RunningGateway {
         local_addr,

@@ -376,6 +376,13 @@ async fn a_revoked_certificate_is_refused_within_a_second_even_on_an_open_connec
         handshake_reason(&recs, "Revoked"),
         "the refused handshake is audited"
     );
+    // The revocation itself (made by another process, the CA tools) is audited.
+    assert!(
+        recs.iter().any(|r| r["kind"] == "revocation"
+            && r["cert_serial"] == serial.as_str()
+            && r["identity"] == "alice"),
+        "the gateway audits the revocation it picked up"
+    );
 }
 
 fn csr() -> (String, String) {
