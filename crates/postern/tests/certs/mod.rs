@@ -311,27 +311,6 @@ async fn an_identity_only_in_the_subject_cn_is_refused_and_audited() {
         .any(|r| r["decision"] == "challenge" && r["reasons"].to_string().contains("subject CN")));
 }
 
-/// Send one request on an open connection and read one response (by Content-Length).
-async fn on_connection<S: AsyncReadExt + AsyncWriteExt + Unpin>(tls: &mut S, path: &str) -> Resp {
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        tls.read_exact(&mut byte).await.unwrap();
-        buf.push(byte[0]);
-    }
-    let head = parse_response(&buf);
-    let len: usize = head
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    tls.read_exact(&mut body).await.unwrap();
-    Resp { body, ..head }
-}
-
 #[tokio::test]
 async fn a_revoked_certificate_is_refused_within_a_second_even_on_an_open_connection() {
     let mut d = Demo::start().await;

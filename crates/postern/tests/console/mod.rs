@@ -89,27 +89,6 @@ async fn post(c: &Client, creds: &Creds, path: &str, form: &str, extra: &[(&str,
         .await
 }
 
-/// Read one response (with Content-Length) from a kept-open connection.
-async fn on_connection<S: AsyncReadExt + AsyncWriteExt + Unpin>(tls: &mut S, path: &str) -> Resp {
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        tls.read_exact(&mut byte).await.unwrap();
-        buf.push(byte[0]);
-    }
-    let head = parse_response(&buf);
-    let len: usize = head
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    tls.read_exact(&mut body).await.unwrap();
-    Resp { body, ..head }
-}
-
 fn audit_records(d: &Demo) -> Vec<serde_json::Value> {
     std::fs::read_to_string(d.path("audit.jsonl"))
         .unwrap()

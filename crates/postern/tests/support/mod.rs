@@ -302,3 +302,27 @@ pub fn lines(path: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Send one request on a kept-open connection and read one response (by Content-Length).
+pub async fn on_connection<S: AsyncReadExt + AsyncWriteExt + Unpin>(
+    tls: &mut S,
+    path: &str,
+) -> Resp {
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte).await.unwrap();
+        buf.push(byte[0]);
+    }
+    let head = parse_response(&buf);
+    let len: usize = head
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    tls.read_exact(&mut body).await.unwrap();
+    Resp { body, ..head }
+}
