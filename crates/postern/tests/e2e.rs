@@ -17,3 +17,4 @@ mod observe;
 mod oidc;
 mod review;
 mod risk;
+mod upstream;
