@@ -19,6 +19,8 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod tls;
+pub mod upstream;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +62,8 @@ pub struct Shared {
     pub authn: authn::Authenticator,
     pub audit: AuditLog,
     pub client: UpstreamClient,
+    /// Keep-alive connections to plain-http upstreams (see [`upstream`]).
+    pub pool: Arc<upstream::Pool>,
     pub trust_domain: String,
     pub max_body: usize,
     pub upstream_timeout: Duration,

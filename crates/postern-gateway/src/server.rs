@@ -221,6 +221,7 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
         authn: Authenticator { jwt, ca },
         audit,
         client: upstream_client()?,
+        pool: crate::upstream::Pool::new(),
         trust_domain: config
             .tls
             .trust_domain
@@ -323,7 +324,15 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
             }
         });
     }
-    let task = tokio::spawn(accept_loop(listener, acceptor, shared.clone(), stop_rx));
+    let workers = crate::workers::Workers::per_core()
+        .map_err(|e| GatewayError::Config(format!("starting connection workers: {e}")))?;
+    let task = tokio::spawn(accept_loop(
+        workers,
+        listener,
+        acceptor,
+        shared.clone(),
+        stop_rx,
+    ));
     Ok(RunningGateway {
         local_addr,
         admin_addr,
@@ -367,6 +376,7 @@ async fn fetch_jwks(
 }
 
 async fn accept_loop(
+    workers: crate::workers::Workers,
     listener: TcpListener,
     acceptor: Arc<ArcSwap<TlsAcceptor>>,
     shared: Arc<Shared>,
@@ -391,7 +401,18 @@ async fn accept_loop(
         let shared = shared.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        // The worker registers the socket with its own reactor.
+        let tcp = match tcp.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "handing a connection to a worker failed");
+                continue;
+            }
+        };
+        workers.spawn(async move {
+            let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else {
+                return;
+            };
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -627,12 +628,20 @@ async fn forward(
         pq.push('?');
         pq.push_str(q);
     }
-    let uri = match Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
-    {
+    // Plain-http upstreams go through postern's own pool (origin-form
+    // target, `Host` set here); https upstreams and upgrades through hyper-util.
+    let wants_upgrade = decision.upgrade_allowed && parts.headers.contains_key(UPGRADE);
+    let pooled = upstream.scheme == Scheme::HTTP && !wants_upgrade;
+    let uri = if pooled {
+        Uri::try_from(pq).map_err(http::Error::from)
+    } else {
+        Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query(pq)
+            .build()
+    };
+    let uri = match uri {
         Ok(u) => u,
         Err(e) => {
             return Err(
@@ -650,6 +659,11 @@ async fn forward(
     crate::session::strip_request_cookies(&mut parts.headers);
     parts.headers.remove(HOST);
     let h = &mut parts.headers;
+    if pooled {
+        if let Ok(v) = HeaderValue::from_str(upstream.authority.as_str()) {
+            h.insert(HOST, v);
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(xff_chain) {
         h.insert(crate::headers::X_FORWARDED_FOR, v);
     }
@@ -682,62 +696,57 @@ async fn forward(
     };
     let upstream_req = Request::from_parts(parts, body);
 
-    let result =
-        tokio::time::timeout(shared.upstream_timeout, shared.client.request(upstream_req)).await;
-    let mut resp = match result {
-        Err(_) => {
-            let msg = format!(
+    let sent = if pooled {
+        let req = shared.pool.request(&upstream.authority, upstream_req);
+        match tokio::time::timeout(shared.upstream_timeout, req).await {
+            Err(_) => Sent::TimedOut,
+            Ok(Err(e)) => Sent::Failed(e.to_string()),
+            // Nothing asked to upgrade: a 101 is refused below.
+            Ok(Ok(r)) if r.status() == StatusCode::SWITCHING_PROTOCOLS => Sent::BadSwitch,
+            Ok(Ok(r)) => Sent::Answered(r),
+        }
+    } else {
+        let req = shared.client.request(upstream_req);
+        match tokio::time::timeout(shared.upstream_timeout, req).await {
+            Err(_) => Sent::TimedOut,
+            Ok(Err(e)) => Sent::Failed(e.to_string()),
+            Ok(Ok(r)) => tunnel(r, client_upgrade),
+        }
+    };
+    let (status, msg, answer) = match &sent {
+        Sent::Answered(r) => (r.status(), String::new(), ""),
+        Sent::TimedOut => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
                 "upstream `{upstream_name}` did not answer within {:?}",
                 shared.upstream_timeout
-            );
-            let ev = ctx.event(now, "upstream_error", 504, Some(decision), vec![msg]);
-            shared.audit.append(ev).await;
-            return Err(respond::error(
-                StatusCode::GATEWAY_TIMEOUT,
-                &ctx.request_id,
-                "upstream timed out",
-            ));
-        }
-        Ok(Err(e)) => {
-            let msg = format!("upstream `{upstream_name}` failed: {e}");
-            let ev = ctx.event(now, "upstream_error", 502, Some(decision), vec![msg]);
-            shared.audit.append(ev).await;
-            return Err(respond::error(
-                StatusCode::BAD_GATEWAY,
-                &ctx.request_id,
-                "bad gateway",
-            ));
-        }
-        Ok(Ok(r)) => r,
+            ),
+            "upstream timed out",
+        ),
+        Sent::Failed(e) => (
+            StatusCode::BAD_GATEWAY,
+            format!("upstream `{upstream_name}` failed: {e}"),
+            "bad gateway",
+        ),
+        Sent::BadSwitch => (
+            StatusCode::BAD_GATEWAY,
+            "upstream switched protocols on a request that may not upgrade".to_string(),
+            "bad gateway",
+        ),
+    };
+    let Sent::Answered(resp) = sent else {
+        let ev = ctx.event(
+            now,
+            "upstream_error",
+            status.as_u16(),
+            Some(decision),
+            vec![msg],
+        );
+        shared.audit.append(ev).await;
+        return Err(respond::error(status, &ctx.request_id, answer));
     };
     let status = resp.status();
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        // Tunnel only after the upstream agreed, and only where policy allows.
-        match client_upgrade {
-            Some(client_up) => {
-                let upstream_up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
-                        let mut c = hyper_util::rt::TokioIo::new(c);
-                        let mut u = hyper_util::rt::TokioIo::new(u);
-                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                    }
-                });
-            }
-            None => {
-                let msg =
-                    "upstream switched protocols on a request that may not upgrade".to_string();
-                let ev = ctx.event(now, "upstream_error", 502, Some(decision), vec![msg]);
-                shared.audit.append(ev).await;
-                return Err(respond::error(
-                    StatusCode::BAD_GATEWAY,
-                    &ctx.request_id,
-                    "bad gateway",
-                ));
-            }
-        }
-    }
     let (mut rparts, rbody) = resp.into_parts();
     headers::sanitize_response(&mut rparts.headers, switching);
     crate::session::strip_response_cookies(&mut rparts.headers);
@@ -757,10 +766,35 @@ async fn forward(
         ev.kind = "result";
     }
     shared.audit.append(ev).await;
-    Ok(Response::from_parts(
-        rparts,
-        rbody.map_err(|e| Box::new(e) as crate::BoxError).boxed(),
-    ))
+    Ok(Response::from_parts(rparts, rbody))
+}
+
+/// What became of a request sent upstream.
+enum Sent {
+    Answered(Response<Body>),
+    TimedOut,
+    Failed(String),
+    /// The upstream answered 101 where policy allows no upgrade.
+    BadSwitch,
+}
+
+/// A response from the hyper-util client; a 101 is tunnelled, but only
+/// after the upstream agreed and only where policy allows the upgrade.
+fn tunnel(mut resp: Response<Incoming>, client_upgrade: Option<hyper::upgrade::OnUpgrade>) -> Sent {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_up) = client_upgrade else {
+            return Sent::BadSwitch;
+        };
+        let upstream_up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
+                let mut c = hyper_util::rt::TokioIo::new(c);
+                let mut u = hyper_util::rt::TokioIo::new(u);
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            }
+        });
+    }
+    Sent::Answered(resp.map(|b| b.map_err(|e| Box::new(e) as crate::BoxError).boxed()))
 }
 
 /// Score the request (when `[risk]` is configured) and keep the score and
