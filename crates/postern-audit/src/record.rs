@@ -12,7 +12,7 @@
 //! over [`checkpoint_message`]`(N-1, head)`.
 
 use crate::event::AuditEvent;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 /// `prev` of the very first record.
@@ -42,55 +42,98 @@ pub(crate) struct CheckpointFields<'a> {
     pub sig: Option<&'a str>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Appends one record line (with `\n`) to `buf` and returns its hash in
+/// lowercase hex. On `Err`, `buf` is left as it was. Fails only if
+/// serde_json fails, which for these types (string keys only) it does not.
+///
+/// Writes in place, with no intermediate body: `{"seq":N` then the event's
+/// own JSON object with its `{` turned into `,` (the same bytes as
+/// flattening the event into the body; `tests::same_bytes_as_flatten` pins
+/// that), then the checkpoint fields, `prev`, and the hash.
+pub(crate) fn encode_into(
+    buf: &mut Vec<u8>,
     seq: u64,
-    #[serde(flatten)]
-    event: &'a AuditEvent,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    covers: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    head: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sig: Option<&'a str>,
-    prev: &'a str,
+    event: &AuditEvent,
+    checkpoint: &CheckpointFields<'_>,
+    prev: &str,
+) -> Result<[u8; 64], serde_json::Error> {
+    let start = buf.len();
+    let result = write_body(buf, seq, event, checkpoint, prev);
+    if let Err(e) = result {
+        buf.truncate(start);
+        return Err(e);
+    }
+    let mut hex = [0u8; 64];
+    let digest = Sha256::digest(&buf[start..]);
+    // 32 bytes always fit 64 hex digits.
+    let _ = hex::encode_to_slice(digest, &mut hex);
+    // The body is a JSON object, so its last byte is `}`: replace it.
+    buf.pop();
+    buf.extend_from_slice(HASH_PREFIX);
+    buf.extend_from_slice(&hex);
+    buf.extend_from_slice(HASH_CLOSE);
+    buf.push(b'\n');
+    Ok(hex)
+}
+
+fn write_body(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    event: &AuditEvent,
+    checkpoint: &CheckpointFields<'_>,
+    prev: &str,
+) -> Result<(), serde_json::Error> {
+    use std::io::Write;
+    buf.extend_from_slice(b"{\"seq\":");
+    let _ = write!(buf, "{seq}");
+    let at = buf.len();
+    serde_json::to_writer(&mut *buf, event)?;
+    // An event always has `ts` and `kind`: `{"ts":...}`, never `{}`.
+    if let Some(b) = buf.get_mut(at) {
+        *b = b',';
+    }
+    buf.pop();
+    if let Some(covers) = checkpoint.covers {
+        let _ = write!(buf, ",\"covers\":{covers}");
+    }
+    for (name, value) in [
+        ("head", checkpoint.head),
+        ("key_id", checkpoint.key_id),
+        ("sig", checkpoint.sig),
+    ] {
+        if let Some(v) = value {
+            let _ = write!(buf, ",\"{name}\":");
+            serde_json::to_writer(&mut *buf, v)?;
+        }
+    }
+    buf.extend_from_slice(b",\"prev\":");
+    serde_json::to_writer(&mut *buf, prev)?;
+    buf.push(b'}');
+    Ok(())
 }
 
 /// An encoded record: the full line (with `\n`) and its hash in lowercase hex.
+#[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct Encoded {
     pub line: Vec<u8>,
     pub hash: String,
 }
 
-/// Serializes one record. Fails only if serde_json fails, which for these
-/// types (string keys only) it does not.
+/// Serializes one record on its own (see [`encode_into`]).
+#[cfg(test)]
 pub(crate) fn encode(
     seq: u64,
     event: &AuditEvent,
     checkpoint: &CheckpointFields<'_>,
     prev: &str,
 ) -> Result<Encoded, serde_json::Error> {
-    let body = serde_json::to_vec(&Body {
-        seq,
-        event,
-        covers: checkpoint.covers,
-        head: checkpoint.head,
-        key_id: checkpoint.key_id,
-        sig: checkpoint.sig,
-        prev,
-    })?;
-    let hash = hex::encode(Sha256::digest(&body));
-    let mut line = body;
-    // The body is a JSON object, so its last byte is `}`: replace it.
-    line.pop();
-    line.extend_from_slice(HASH_PREFIX);
-    line.extend_from_slice(hash.as_bytes());
-    line.extend_from_slice(HASH_CLOSE);
-    line.push(b'\n');
-    Ok(Encoded { line, hash })
+    let mut line = Vec::with_capacity(512);
+    let hex = encode_into(&mut line, seq, event, checkpoint, prev)?;
+    Ok(Encoded {
+        line,
+        hash: String::from_utf8_lossy(&hex).into_owned(),
+    })
 }
 
 /// The fields a verifier needs from a record body; everything else is covered
@@ -198,6 +241,76 @@ mod tests {
         assert!(text.starts_with(
             r#"{"seq":5,"ts":"2026-01-01T00:00:00.000000Z","kind":"checkpoint","covers":4,"head":"h","key_id":"k","sig":"s","prev":"p","hash":""#
         ));
+    }
+
+    /// The record body as it was first defined: the event flattened into it.
+    #[derive(serde::Serialize)]
+    struct Flattened<'a> {
+        seq: u64,
+        #[serde(flatten)]
+        event: &'a AuditEvent,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        covers: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        head: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sig: Option<&'a str>,
+        prev: &'a str,
+    }
+
+    #[test]
+    fn same_bytes_as_flatten() {
+        let mut full = AuditEvent::new(datetime!(2026-11-22 23:01:02.5 UTC), "decision");
+        full.request_id = Some("r\"1".into());
+        full.peer = Some("::1".into());
+        full.method = Some("GET".into());
+        full.host = Some("h\u{e9}".into());
+        full.path = Some("/a\\b".into());
+        full.route = Some("app".into());
+        full.rule = Some("hz".into());
+        full.identity = Some("alice".into());
+        full.auth = Some("mtls".into());
+        full.cert_serial = Some("01".into());
+        full.cert_fingerprint = Some("ff".into());
+        full.decision = Some("allow".into());
+        full.reasons = vec!["x\ny".into(), "\u{1}".into()];
+        full.status = Some(200);
+        full.extra = Some(serde_json::json!({"risk": {"score": 3, "why": ["a"]}}));
+        let bare = AuditEvent::new(datetime!(2026-01-01 0:00 UTC), "start");
+        let cp = CheckpointFields {
+            covers: Some(u64::MAX),
+            head: Some("h\"d"),
+            key_id: Some("k"),
+            sig: Some("s/+="),
+        };
+        for (ev, cp) in [
+            (&full, CheckpointFields::default()),
+            (&bare, CheckpointFields::default()),
+            (&bare, cp),
+        ] {
+            for seq in [0, 1, 42, u64::MAX] {
+                let want = serde_json::to_vec(&Flattened {
+                    seq,
+                    event: ev,
+                    covers: cp.covers,
+                    head: cp.head,
+                    key_id: cp.key_id,
+                    sig: cp.sig,
+                    prev: GENESIS_PREV,
+                })
+                .unwrap();
+                let mut buf = b"earlier".to_vec();
+                let hex = encode_into(&mut buf, seq, ev, &cp, GENESIS_PREV).unwrap();
+                let line = &buf[7..];
+                let body_len = line.len() - 1 - HASH_SUFFIX_LEN;
+                assert_eq!(&line[..body_len], &want[..want.len() - 1]);
+                assert_eq!(hex::encode(Sha256::digest(&want)).as_bytes(), &hex[..]);
+                let parsed = parse_line(&line[..line.len() - 1]).unwrap();
+                assert_eq!(parsed.fields.seq, seq);
+            }
+        }
     }
 
     #[test]

@@ -694,7 +694,7 @@ impl Writer {
             return Err(reason);
         }
 
-        let mut buf = Vec::new();
+        let mut buf = Vec::with_capacity(entries.len() * 768);
         let mut seq = self.next_seq;
         let mut prev = self.prev.clone();
         let mut since = self.since_checkpoint;
@@ -703,8 +703,14 @@ impl Writer {
         let mut written: Vec<(Entry, u64)> = Vec::with_capacity(entries.len());
         let mut pending = entries.into_iter();
         while let Some(entry) = pending.next() {
-            let enc = match record::encode(seq, &entry.event, &CheckpointFields::default(), &prev) {
-                Ok(enc) => enc,
+            let hash = match record::encode_into(
+                &mut buf,
+                seq,
+                &entry.event,
+                &CheckpointFields::default(),
+                &prev,
+            ) {
+                Ok(hash) => hash,
                 Err(e) => {
                     // Unreachable for these types; never write a partial record.
                     tracing::error!(error = %e, "audit record could not be serialized");
@@ -718,8 +724,8 @@ impl Writer {
                     continue;
                 }
             };
-            buf.extend_from_slice(&enc.line);
-            prev = enc.hash;
+            prev.clear();
+            prev.push_str(&String::from_utf8_lossy(&hash));
             need_sync |= entry.durable;
             written.push((entry, seq));
             seq += 1;
@@ -811,13 +817,13 @@ impl Writer {
             key_id: Some(&self.key_id),
             sig: Some(&sig),
         };
-        let enc = record::encode(*seq, &event, &fields, prev).map_err(|e| FailReason::Io {
-            op: "serialized",
-            kind: std::io::ErrorKind::InvalidData,
-            message: e.to_string(),
-        })?;
-        buf.extend_from_slice(&enc.line);
-        *prev = enc.hash;
+        let hash =
+            record::encode_into(buf, *seq, &event, &fields, prev).map_err(|e| FailReason::Io {
+                op: "serialized",
+                kind: std::io::ErrorKind::InvalidData,
+                message: e.to_string(),
+            })?;
+        *prev = String::from_utf8_lossy(&hash).into_owned();
         *seq += 1;
         Ok(())
     }

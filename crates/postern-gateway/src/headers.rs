@@ -63,12 +63,20 @@ const HOP_BY_HOP: &[&str] = &[
     "http2-settings",
 ];
 
+/// One of [`HOP_BY_HOP`]? Header names are lower-case, so this is a plain
+/// comparison; scanning the (few) headers once is cheaper than removing
+/// each hop-by-hop name, which parses and hashes it every time.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+}
+
 /// Headers postern sets toward upstreams (parsed once, at compile time).
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_POSTERN_REQUEST_ID: HeaderName = HeaderName::from_static("x-postern-request-id");
 pub const X_POSTERN_IDENTITY: HeaderName = HeaderName::from_static("x-postern-identity");
+pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 pub const X_POSTERN_AUTH: HeaderName = HeaderName::from_static("x-postern-auth");
 
 /// Is this a header postern owns or a backend may trust as identity, in any
@@ -102,12 +110,9 @@ pub fn sanitize_request(headers: &mut HeaderMap, keep_upgrade: bool) {
         None
     };
     remove_connection_listed(headers);
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
-    }
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| is_identity_header(n.as_str()))
+        .filter(|n| is_hop_by_hop(n) || is_identity_header(n.as_str()))
         .cloned()
         .collect();
     for n in doomed {
@@ -130,8 +135,13 @@ pub fn sanitize_response(headers: &mut HeaderMap, keep_upgrade: bool) {
         None
     };
     remove_connection_listed(headers);
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for n in doomed {
+        headers.remove(&n);
     }
     if let Some(u) = upgrade {
         headers.insert(http::header::UPGRADE, u);

@@ -41,13 +41,8 @@ pub struct ConnInfo {
 /// Per-request context carried into audit records.
 struct Ctx {
     request_id: String,
-    peer: String,
-    method: String,
-    host: Option<String>,
-    path: Option<String>,
-    identity: Option<String>,
-    auth: Option<String>,
-    creds: CredentialDetails,
+    /// What names the request in each of its audit records.
+    named: Named,
     started: Instant,
     /// The last audited `(decision, route)`: the final answer, for metrics.
     outcome: std::sync::Mutex<Option<(String, String)>>,
@@ -58,7 +53,20 @@ struct Ctx {
     risk: Option<serde_json::Value>,
 }
 
+/// The strings that name a request in each of its audit records.
+#[derive(Clone, Default)]
+struct Named {
+    peer: String,
+    method: String,
+    host: Option<String>,
+    path: Option<String>,
+    identity: Option<String>,
+    auth: Option<String>,
+    creds: CredentialDetails,
+}
+
 impl Ctx {
+    /// An audit record of this request.
     fn event(
         &self,
         now: OffsetDateTime,
@@ -67,16 +75,42 @@ impl Ctx {
         d: Option<&Decision>,
         reasons: Vec<String>,
     ) -> AuditEvent {
+        self.record(self.named.clone(), now, decision, status, d, reasons)
+    }
+
+    /// [`Ctx::event`] for the request's last record: the context's strings
+    /// move into it instead of being copied (only the request id stays).
+    fn take_event(
+        &mut self,
+        now: OffsetDateTime,
+        decision: &str,
+        status: u16,
+        d: Option<&Decision>,
+        reasons: Vec<String>,
+    ) -> AuditEvent {
+        let named = std::mem::take(&mut self.named);
+        self.record(named, now, decision, status, d, reasons)
+    }
+
+    fn record(
+        &self,
+        named: Named,
+        now: OffsetDateTime,
+        decision: &str,
+        status: u16,
+        d: Option<&Decision>,
+        reasons: Vec<String>,
+    ) -> AuditEvent {
         let mut ev = AuditEvent::new(now, "decision");
         ev.request_id = Some(self.request_id.clone());
-        ev.peer = Some(self.peer.clone());
-        ev.method = Some(self.method.clone());
-        ev.host = self.host.clone();
-        ev.path = self.path.clone();
-        ev.identity = self.identity.clone();
-        ev.auth = self.auth.clone();
-        ev.cert_serial = self.creds.cert_serial.clone();
-        ev.cert_fingerprint = self.creds.cert_fingerprint.clone();
+        ev.peer = Some(named.peer);
+        ev.method = Some(named.method);
+        ev.host = named.host;
+        ev.path = named.path;
+        ev.identity = named.identity;
+        ev.auth = named.auth;
+        ev.cert_serial = named.creds.cert_serial;
+        ev.cert_fingerprint = named.creds.cert_fingerprint;
         ev.decision = Some(decision.to_string());
         ev.status = Some(status);
         ev.reasons = reasons;
@@ -122,13 +156,11 @@ pub async fn handle(
     let now = OffsetDateTime::now_utc();
     let mut ctx = Ctx {
         request_id: new_request_id(),
-        peer: conn.peer.ip().to_string(),
-        method: req.method().as_str().to_string(),
-        host: None,
-        path: None,
-        identity: None,
-        auth: None,
-        creds: CredentialDetails::default(),
+        named: Named {
+            peer: conn.peer.ip().to_string(),
+            method: req.method().as_str().to_string(),
+            ..Named::default()
+        },
         started: Instant::now(),
         outcome: std::sync::Mutex::new(None),
         set_cookies: Vec::new(),
@@ -167,7 +199,7 @@ async fn pipeline(
         Ok(h) => h,
         Err(why) => return Err(bad_request(shared, ctx, now, why).await),
     };
-    ctx.host = Some(host.clone());
+    ctx.named.host = Some(host.clone());
     let target = parts
         .uri
         .path_and_query()
@@ -177,7 +209,7 @@ async fn pipeline(
         Ok((p, q)) => (p, q.map(str::to_string)),
         Err(e) => return Err(bad_request(shared, ctx, now, format!("ambiguous path: {e}")).await),
     };
-    ctx.path = Some(path.as_str().to_string());
+    ctx.named.path = Some(path.as_str().to_string());
 
     // 2. Who is the client, who does it claim to be.
     let runtime = shared.runtime.load_full();
@@ -186,7 +218,7 @@ async fn pipeline(
         &parts.headers,
         runtime.policy.trusted_proxies(),
     );
-    ctx.peer = client_ip.to_string();
+    ctx.named.peer = client_ip.to_string();
     let authz: Vec<&[u8]> = parts
         .headers
         .get_all(AUTHORIZATION)
@@ -204,10 +236,10 @@ async fn pipeline(
                 headers: &parts.headers,
                 authority: &authority,
                 request_id: &ctx.request_id,
-                peer: &ctx.peer,
+                peer: &ctx.named.peer,
                 host: &host,
             };
-            let resp = oidc.endpoint(&req, &shared.audit, now).await;
+            let resp = Box::pin(oidc.endpoint(&req, &shared.audit, now)).await;
             return Err(offer_after_sign_in(
                 shared,
                 &runtime.policy,
@@ -244,9 +276,9 @@ async fn pipeline(
             let ev = crate::oidc::session_refused_event(
                 now,
                 &ctx.request_id,
-                &ctx.peer,
-                ctx.host.as_deref(),
-                ctx.path.as_deref(),
+                &ctx.named.peer,
+                ctx.named.host.as_deref(),
+                ctx.named.path.as_deref(),
                 reason,
             );
             shared.audit.append(ev).await;
@@ -275,8 +307,8 @@ async fn pipeline(
             }
         }
     }
-    ctx.creds = creds;
-    ctx.identity = identity.principal.clone();
+    ctx.named.creds = creds;
+    ctx.named.identity = identity.principal.clone();
     if let Some(store) = shared.consents.clone() {
         if crate::consent::owns(path.as_str()) {
             let viewer = session.session().map(|s| crate::consent::Viewer {
@@ -285,7 +317,7 @@ async fn pipeline(
                 amr: s.amr.clone(),
             });
             let device = device.as_ref().map(|(d, who)| (d.as_str(), who.as_str()));
-            return Err(consent_endpoint(
+            return Err(Box::pin(consent_endpoint(
                 shared,
                 &store,
                 &runtime.policy,
@@ -297,7 +329,7 @@ async fn pipeline(
                 device,
                 now,
                 ctx,
-            )
+            ))
             .await);
         }
     }
@@ -306,7 +338,9 @@ async fn pipeline(
     // Certificate renewal is the gateway's own endpoint, never an upstream's.
     if path.as_str() == crate::certs::RENEW_PATH {
         if let Some(ca) = shared.authn.ca.clone() {
-            return Err(renew(shared, conn, &ca, &parts, body, &identity, now, ctx).await);
+            return Err(
+                Box::pin(renew(shared, conn, &ca, &parts, body, &identity, now, ctx)).await,
+            );
         }
     }
 
@@ -349,7 +383,7 @@ async fn pipeline(
                 .is_some_and(|r| r.offer().is_some());
         if !by_offer {
             identity.principal = None;
-            ctx.identity = None;
+            ctx.named.identity = None;
         }
     }
 
@@ -408,7 +442,7 @@ async fn pipeline(
     // 5. An opt-out stands only once its audit record is durable (invariant 3).
     if decision.is_optout() {
         let rule = decision.rule.as_deref().unwrap_or("").to_string();
-        ctx.auth = Some(format!("optout:{rule}"));
+        ctx.named.auth = Some(format!("optout:{rule}"));
         let ev = ctx.event(now, "optout", 0, Some(&decision), decision.reasons.clone());
         let mut ev = ev;
         ev.status = None;
@@ -427,19 +461,19 @@ async fn pipeline(
                 &rule,
                 &ctx.request_id,
                 seq,
-                ctx.identity.as_deref(),
-                &ctx.peer,
-                ctx.path.as_deref(),
+                ctx.named.identity.as_deref(),
+                &ctx.named.peer,
+                ctx.named.path.as_deref(),
             );
             shared.console.optout_used(crate::console::OptOutUse {
                 at: now,
                 rule: rule.clone(),
                 request_id: ctx.request_id.clone(),
                 audit_seq: seq,
-                identity: ctx.identity.clone(),
-                peer: ctx.peer.clone(),
-                method: ctx.method.clone(),
-                path: ctx.path.clone(),
+                identity: ctx.named.identity.clone(),
+                peer: ctx.named.peer.clone(),
+                method: ctx.named.method.clone(),
+                path: ctx.named.path.clone(),
                 grant: decision.grant.as_deref().map(str::to_string),
             });
         }
@@ -447,10 +481,10 @@ async fn pipeline(
             shared.metrics.audit_failure();
             shared
                 .alerts
-                .audit_failure(&rule, &ctx.request_id, &ctx.peer, &e.to_string());
+                .audit_failure(&rule, &ctx.request_id, &ctx.named.peer, &e.to_string());
             tracing::error!(rule = %rule, error = %e, "audit sink failed: opt-out not honoured, falling back to authentication");
             decision = decision.fall_back(&format!("audit unavailable, opt-out not honoured: {e}"));
-            ctx.auth = None;
+            ctx.named.auth = None;
         }
     }
 
@@ -481,9 +515,12 @@ async fn pipeline(
             {
                 Some(oidc) => {
                     let target = return_target(&path, query.as_deref());
-                    let resume = hold_body(&parts, body).await;
-                    oidc.begin_sign_in(&parts, &target, resume, Some(acr_values.clone()), now)
-                        .await
+                    Box::pin(async {
+                        let resume = hold_body(&parts, body).await;
+                        oidc.begin_sign_in(&parts, &target, resume, Some(acr_values.clone()), now)
+                            .await
+                    })
+                    .await
                 }
                 None => respond::step_up(&ctx.request_id, acr_values),
             };
@@ -522,8 +559,11 @@ async fn pipeline(
             {
                 Some(oidc) => {
                     let target = return_target(&path, query.as_deref());
-                    let resume = hold_body(&parts, body).await;
-                    oidc.begin_sign_in(&parts, &target, resume, None, now).await
+                    Box::pin(async {
+                        let resume = hold_body(&parts, body).await;
+                        oidc.begin_sign_in(&parts, &target, resume, None, now).await
+                    })
+                    .await
                 }
                 None => respond::challenge_with_sign_in(
                     &ctx.request_id,
@@ -546,8 +586,8 @@ async fn pipeline(
                 }
                 shared.alerts.credential_refused(
                     Some(&ctx.request_id),
-                    &ctx.peer,
-                    ctx.identity.as_deref(),
+                    &ctx.named.peer,
+                    ctx.named.identity.as_deref(),
                     identity
                         .invalid
                         .iter()
@@ -559,8 +599,8 @@ async fn pipeline(
         }
         Verdict::Allow { via } => {
             let via = via.clone();
-            if ctx.auth.is_none() {
-                ctx.auth = Some(auth_label(&via));
+            if ctx.named.auth.is_none() {
+                ctx.named.auth = Some(auth_label(&via));
             }
             forward(
                 shared,
@@ -596,7 +636,7 @@ async fn forward(
     xff_chain: &str,
     host: &str,
     now: OffsetDateTime,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
 ) -> Answer {
     let label = if decision.is_optout() {
         "optout"
@@ -755,12 +795,14 @@ async fn forward(
             .headers
             .insert(crate::headers::X_POSTERN_REQUEST_ID, v);
     }
-    let mut reasons = decision.reasons.clone();
+    let mut reasons = Vec::with_capacity(decision.reasons.len() + 1);
+    reasons.extend(decision.reasons.iter().cloned());
     reasons.push(format!(
         "forwarded to `{upstream_name}` in {} µs",
         ctx.started.elapsed().as_micros()
     ));
-    let mut ev = ctx.event(now, label, status.as_u16(), Some(decision), reasons);
+    // The last record of this request: it takes the context's strings.
+    let mut ev = ctx.take_event(now, label, status.as_u16(), Some(decision), reasons);
     if decision.is_optout() {
         // The durable record came first; this one carries the outcome.
         ev.kind = "result";
@@ -816,7 +858,7 @@ fn assess_risk(
     let Some(model) = policy.risk() else { return 0 };
     let rules = crate::risk::candidate_rules(policy, host, parts.method.as_str(), path);
     let device = if identity.verified.contains(postern_policy::Factor::Mtls) {
-        ctx.creds.cert_fingerprint.as_deref()
+        ctx.named.creds.cert_fingerprint.as_deref()
     } else {
         None
     };
@@ -865,7 +907,7 @@ fn refuse_ambiguous(req: &http::request::Parts) -> Result<(), String> {
     if h.get_all(CONTENT_LENGTH).iter().count() > 1 {
         return Err("more than one Content-Length".to_string());
     }
-    if h.contains_key("http2-settings")
+    if h.contains_key(&headers::HTTP2_SETTINGS)
         || h.get_all(UPGRADE)
             .iter()
             .any(|v| contains_token(v.as_bytes(), "h2c"))
@@ -1176,7 +1218,7 @@ async fn consent_endpoint(
             .get(http::header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|o| {
-                let host = ctx.host.as_deref().unwrap_or("");
+                let host = ctx.named.host.as_deref().unwrap_or("");
                 o.strip_prefix("https://")
                     .is_none_or(|rest| rest.split(':').next() != Some(host))
             });

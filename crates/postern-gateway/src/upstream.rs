@@ -29,7 +29,7 @@
 //! hyper-util client ([`crate::UpstreamClient`]).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -110,7 +110,7 @@ thread_local! {
     /// the thread whose reactor it is registered with, so the worker that
     /// checks it out next also receives its I/O events (see
     /// [`crate::workers`]). Keyed by pool, then upstream authority.
-    static IDLE: RefCell<HashMap<(usize, Authority), Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<(usize, Authority), VecDeque<Idle>>> = RefCell::new(HashMap::new());
 }
 
 /// Keep-alive connections to plain-`http` upstreams, by authority.
@@ -159,7 +159,7 @@ impl Pool {
     ) -> Result<Response<Body>, UpstreamError> {
         let (mut conn, mut reused) = match self.checkout(authority).await {
             Some(c) => (c, true),
-            None => (connect(authority).await?, false),
+            None => (Box::pin(connect(authority)).await?, false),
         };
         let mut req = req;
         loop {
@@ -184,7 +184,7 @@ impl Pool {
                     // the upstream. Once more, on a connection of its own.
                     Some(unsent) if reused => {
                         req = unsent;
-                        conn = connect(authority).await?;
+                        conn = Box::pin(connect(authority)).await?;
                         reused = false;
                     }
                     _ => return Err(UpstreamError::Http(e.into_error())),
@@ -199,7 +199,7 @@ impl Pool {
             let key = (self.id, authority.clone());
             let idle = IDLE.with(|idle| {
                 let mut map = idle.try_borrow_mut().ok()?;
-                map.get_mut(&key)?.pop()
+                map.get_mut(&key)?.pop_back()
             })?;
             if idle.since.elapsed() > IDLE_TIMEOUT {
                 continue;
@@ -217,13 +217,16 @@ impl Pool {
                 return;
             };
             let list = map.entry((self.id, authority)).or_default();
-            // Closed connections left by earlier users go first.
-            list.retain(|i| !i.conn.closed && i.since.elapsed() <= IDLE_TIMEOUT);
+            // Used last in, first out: the ones idle too long are in front.
+            let now = Instant::now();
+            while list
+                .front()
+                .is_some_and(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
+            {
+                list.pop_front();
+            }
             if list.len() < MAX_IDLE_PER_UPSTREAM {
-                list.push(Idle {
-                    conn,
-                    since: Instant::now(),
-                });
+                list.push_back(Idle { conn, since: now });
             }
         });
     }
