@@ -373,3 +373,58 @@ fn a_reviewer_cannot_approve_a_policy_the_gateway_would_refuse() {
     let after = std::fs::read_to_string(dir.path().join("postern.toml.approvals")).unwrap();
     assert_eq!(before, after, "nothing was signed");
 }
+
+#[test]
+fn serve_refuses_a_worker_count_that_is_not_a_number() {
+    let dir = demo_dir();
+    let cfg = dir.path().join("postern.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("POSTERN_WORKERS", "many")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("POSTERN_WORKERS=`many`"), "{err}");
+}
+
+/// `POSTERN_WORKERS=0`: no workers of its own, connections served by tokio's
+/// work-stealing scheduler (the default uses one worker per core).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_workers_still_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    postern::demo::prepare(dir.path(), addr, time::OffsetDateTime::now_utc()).unwrap();
+    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("postern.toml"))
+        .env("RUST_LOG", "warn")
+        .env("POSTERN_WORKERS", "0")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "postern serve did not listen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let c = Client::new(addr, &dir.path().join("ca.pem"));
+    let creds = Creds::load(&dir.path().join("alice.pem"), &dir.path().join("alice.key"));
+    for _ in 0..3 {
+        let r = c.get(Some(&creds), "/private", &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.upstream_header("x-postern-identity").as_deref(),
+            Some("alice")
+        );
+    }
+    assert_eq!(c.get(None, "/private", &[]).await.status, 401);
+}
