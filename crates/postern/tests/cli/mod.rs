@@ -262,10 +262,15 @@ async fn audit_verify_passes_an_intact_log_and_names_the_first_bad_record() {
     assert!(verify(&log, &key).0);
 }
 
-/// `postern serve` as an operator runs it: SIGHUP reloads, an unsigned
-/// widening is refused (audited), and the running policy keeps serving.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_reloads_on_sighup_and_refuses_an_unsigned_widening() {
+/// `postern serve` (the binary) on a fresh demo directory and port, with
+/// `env` added; returns once it listens.
+async fn serve_demo(
+    env: &[(&str, &str)],
+) -> (
+    tempfile::TempDir,
+    std::net::SocketAddr,
+    tokio::process::Child,
+) {
     let dir = tempfile::tempdir().unwrap();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -273,15 +278,14 @@ async fn serve_reloads_on_sighup_and_refuses_an_unsigned_widening() {
     };
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     postern::demo::prepare(dir.path(), addr, time::OffsetDateTime::now_utc()).unwrap();
-    let cfg = dir.path().join("postern.toml");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_postern"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_postern"))
         .args(["serve", "--config"])
-        .arg(&cfg)
+        .arg(dir.path().join("postern.toml"))
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let c = Client::new(addr, &dir.path().join("ca.pem"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         assert!(
@@ -290,6 +294,16 @@ async fn serve_reloads_on_sighup_and_refuses_an_unsigned_widening() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    (dir, addr, child)
+}
+
+/// `postern serve` as an operator runs it: SIGHUP reloads, an unsigned
+/// widening is refused (audited), and the running policy keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reloads_on_sighup_and_refuses_an_unsigned_widening() {
+    let (dir, addr, mut child) = serve_demo(&[]).await;
+    let cfg = dir.path().join("postern.toml");
+    let c = Client::new(addr, &dir.path().join("ca.pem"));
     assert_eq!(c.get(None, "/healthz", &[]).await.status, 200);
 
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
@@ -393,29 +407,7 @@ fn serve_refuses_a_worker_count_that_is_not_a_number() {
 /// work-stealing scheduler (the default uses one worker per core).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_without_workers_still_serves() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    postern::demo::prepare(dir.path(), addr, time::OffsetDateTime::now_utc()).unwrap();
-    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_postern"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("postern.toml"))
-        .env("RUST_LOG", "warn")
-        .env("POSTERN_WORKERS", "0")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "postern serve did not listen"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let (dir, addr, _child) = serve_demo(&[("POSTERN_WORKERS", "0")]).await;
     let c = Client::new(addr, &dir.path().join("ca.pem"));
     let creds = Creds::load(&dir.path().join("alice.pem"), &dir.path().join("alice.key"));
     for _ in 0..3 {
