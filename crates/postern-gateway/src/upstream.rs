@@ -217,19 +217,38 @@ impl Pool {
                 return;
             };
             let list = map.entry((self.id, authority)).or_default();
-            // Used last in, first out: the ones idle too long are in front.
             let now = Instant::now();
-            while list
-                .front()
-                .is_some_and(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
-            {
-                list.pop_front();
-            }
+            prune(list, now);
             if list.len() < MAX_IDLE_PER_UPSTREAM {
                 list.push_back(Idle { conn, since: now });
             }
         });
     }
+}
+
+/// Drop the connections idle longer than [`IDLE_TIMEOUT`]: used last in,
+/// first out, they are at the front.
+fn prune(list: &mut VecDeque<Idle>, now: Instant) {
+    while list
+        .front()
+        .is_some_and(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
+    {
+        list.pop_front();
+    }
+}
+
+/// Close the idle connections this thread holds that have been idle longer
+/// than [`IDLE_TIMEOUT`] (oldest first in each list).
+pub(crate) fn prune_idle_on_this_thread() {
+    let now = Instant::now();
+    let _ = IDLE.try_with(|idle| {
+        if let Ok(mut m) = idle.try_borrow_mut() {
+            for list in m.values_mut() {
+                prune(list, now);
+            }
+            m.retain(|_, list| !list.is_empty());
+        }
+    });
 }
 
 /// Close every idle connection this thread holds (a worker stopping).

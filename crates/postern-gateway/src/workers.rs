@@ -19,6 +19,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+/// Once a second on each worker: close upstream connections idle too long.
+///
+/// The tick also keeps the worker's timer from sleeping longer than a
+/// second. That matters on the request path: tokio wakes a parked timer
+/// driver (an `eventfd` write and an extra trip through `epoll_wait`) when a
+/// new timer is due before its next wake-up, and with no timer pending any
+/// new one is. Without the tick, about one request in five paid that for
+/// its upstream timeout; with it, a timeout longer than a second never does.
+async fn housekeeping() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        crate::upstream::prune_idle_on_this_thread();
+    }
+}
+
 pub struct Workers {
     handles: Vec<Handle>,
     next: AtomicUsize,
@@ -44,7 +61,10 @@ impl Workers {
                 .name(format!("postern-worker-{i}"))
                 .spawn(move || {
                     rt.block_on(async {
-                        let _ = rx.await;
+                        tokio::select! {
+                            _ = rx => {}
+                            () = housekeeping() => {}
+                        }
                         crate::upstream::close_idle_on_this_thread();
                     })
                 })?;
