@@ -197,10 +197,13 @@ impl Pool {
     async fn checkout(&self, authority: &Authority) -> Option<Conn> {
         loop {
             let key = (self.id, authority.clone());
-            let idle = IDLE.with(|idle| {
-                let mut map = idle.try_borrow_mut().ok()?;
-                map.get_mut(&key)?.pop_back()
-            })?;
+            let idle = IDLE
+                .try_with(|idle| {
+                    let mut map = idle.try_borrow_mut().ok()?;
+                    map.get_mut(&key)?.pop_back()
+                })
+                .ok()
+                .flatten()?;
             if idle.since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
