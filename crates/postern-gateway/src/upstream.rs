@@ -114,6 +114,7 @@ thread_local! {
 }
 
 /// Keep-alive connections to plain-`http` upstreams, by authority.
+#[derive(Debug)]
 pub struct Pool {
     /// Tells this pool's idle connections from another gateway's in the
     /// same process (tests run several).
@@ -121,12 +122,6 @@ pub struct Pool {
 }
 
 static NEXT_POOL: AtomicUsize = AtomicUsize::new(0);
-
-impl std::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("id", &self.id).finish()
-    }
-}
 
 impl Drop for Pool {
     fn drop(&mut self) {

@@ -91,14 +91,6 @@ impl Workers {
         Workers::start(n)
     }
 
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     /// Run `fut` on the next worker (round robin), or on the calling
     /// runtime when there are no workers.
     pub fn spawn<F>(&self, fut: F)
