@@ -11,7 +11,7 @@
 //! record `N-1`), and `sig` is an ed25519 signature, base64 (standard, padded),
 //! over [`checkpoint_message`]`(N-1, head)`.
 
-use crate::event::AuditEvent;
+use crate::event::{json_str, push_u64, AuditEvent};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -42,9 +42,26 @@ pub(crate) struct CheckpointFields<'a> {
     pub sig: Option<&'a str>,
 }
 
+/// An event's JSON object, encoded by [`AuditEvent::encode_json`] (so it is
+/// `{"ts":...}`: never empty, starts with `{` and ends with `}`).
+///
+/// Requests encode their events on their own threads; the writer only
+/// splices the bytes into the chain. That keeps the strings of an event on
+/// the thread that made them, and the writer's work per record to copying
+/// and hashing.
+#[derive(Debug, Clone)]
+pub(crate) struct EncodedEvent(Vec<u8>);
+
+impl EncodedEvent {
+    pub(crate) fn new(event: &AuditEvent) -> Result<Self, serde_json::Error> {
+        let mut buf = Vec::new();
+        event.encode_json(&mut buf)?;
+        Ok(Self(buf))
+    }
+}
+
 /// Appends one record line (with `\n`) to `buf` and returns its hash in
-/// lowercase hex. On `Err`, `buf` is left as it was. Fails only if
-/// serde_json fails, which for these types (string keys only) it does not.
+/// lowercase hex.
 ///
 /// Writes in place, with no intermediate body: `{"seq":N` then the event's
 /// own JSON object with its `{` turned into `,` (the same bytes as
@@ -53,18 +70,14 @@ pub(crate) struct CheckpointFields<'a> {
 pub(crate) fn encode_into(
     buf: &mut Vec<u8>,
     seq: u64,
-    event: &AuditEvent,
+    event: &EncodedEvent,
     checkpoint: &CheckpointFields<'_>,
     prev: &str,
-) -> Result<[u8; 64], serde_json::Error> {
+) -> [u8; 64] {
     let start = buf.len();
-    let result = write_body(buf, seq, event, checkpoint, prev);
-    if let Err(e) = result {
-        buf.truncate(start);
-        return Err(e);
-    }
+    write_body(buf, seq, event, checkpoint, prev);
     let mut hex = [0u8; 64];
-    let digest = Sha256::digest(&buf[start..]);
+    let digest = Sha256::digest(buf.get(start..).unwrap_or_default());
     // 32 bytes always fit 64 hex digits.
     let _ = hex::encode_to_slice(digest, &mut hex);
     // The body is a JSON object, so its last byte is `}`: replace it.
@@ -73,43 +86,40 @@ pub(crate) fn encode_into(
     buf.extend_from_slice(&hex);
     buf.extend_from_slice(HASH_CLOSE);
     buf.push(b'\n');
-    Ok(hex)
+    hex
 }
 
 fn write_body(
     buf: &mut Vec<u8>,
     seq: u64,
-    event: &AuditEvent,
+    event: &EncodedEvent,
     checkpoint: &CheckpointFields<'_>,
     prev: &str,
-) -> Result<(), serde_json::Error> {
-    use std::io::Write;
+) {
+    buf.reserve(event.0.len() + 200);
     buf.extend_from_slice(b"{\"seq\":");
-    let _ = write!(buf, "{seq}");
-    let at = buf.len();
-    serde_json::to_writer(&mut *buf, event)?;
-    // An event always has `ts` and `kind`: `{"ts":...}`, never `{}`.
-    if let Some(b) = buf.get_mut(at) {
-        *b = b',';
-    }
-    buf.pop();
+    push_u64(buf, seq);
+    buf.push(b',');
+    // Between the event's braces (never empty: see `EncodedEvent`).
+    let inner = event.0.len().saturating_sub(1).max(1);
+    buf.extend_from_slice(event.0.get(1..inner).unwrap_or_default());
     if let Some(covers) = checkpoint.covers {
-        let _ = write!(buf, ",\"covers\":{covers}");
+        buf.extend_from_slice(b",\"covers\":");
+        push_u64(buf, covers);
     }
     for (name, value) in [
-        ("head", checkpoint.head),
-        ("key_id", checkpoint.key_id),
-        ("sig", checkpoint.sig),
+        (&b",\"head\":"[..], checkpoint.head),
+        (&b",\"key_id\":"[..], checkpoint.key_id),
+        (&b",\"sig\":"[..], checkpoint.sig),
     ] {
         if let Some(v) = value {
-            let _ = write!(buf, ",\"{name}\":");
-            serde_json::to_writer(&mut *buf, v)?;
+            buf.extend_from_slice(name);
+            json_str(buf, v);
         }
     }
     buf.extend_from_slice(b",\"prev\":");
-    serde_json::to_writer(&mut *buf, prev)?;
+    json_str(buf, prev);
     buf.push(b'}');
-    Ok(())
 }
 
 /// An encoded record: the full line (with `\n`) and its hash in lowercase hex.
@@ -129,7 +139,7 @@ pub(crate) fn encode(
     prev: &str,
 ) -> Result<Encoded, serde_json::Error> {
     let mut line = Vec::with_capacity(512);
-    let hex = encode_into(&mut line, seq, event, checkpoint, prev)?;
+    let hex = encode_into(&mut line, seq, &EncodedEvent::new(event)?, checkpoint, prev);
     Ok(Encoded {
         line,
         hash: String::from_utf8_lossy(&hex).into_owned(),
@@ -262,22 +272,7 @@ mod tests {
 
     #[test]
     fn same_bytes_as_flatten() {
-        let mut full = AuditEvent::new(datetime!(2026-11-22 23:01:02.5 UTC), "decision");
-        full.request_id = Some("r\"1".into());
-        full.peer = Some("::1".into());
-        full.method = Some("GET".into());
-        full.host = Some("h\u{e9}".into());
-        full.path = Some("/a\\b".into());
-        full.route = Some("app".into());
-        full.rule = Some("hz".into());
-        full.identity = Some("alice".into());
-        full.auth = Some("mtls".into());
-        full.cert_serial = Some("01".into());
-        full.cert_fingerprint = Some("ff".into());
-        full.decision = Some("allow".into());
-        full.reasons = vec!["x\ny".into(), "\u{1}".into()];
-        full.status = Some(200);
-        full.extra = Some(serde_json::json!({"risk": {"score": 3, "why": ["a"]}}));
+        let full = crate::event::every_field_set();
         let bare = AuditEvent::new(datetime!(2026-01-01 0:00 UTC), "start");
         let cp = CheckpointFields {
             covers: Some(u64::MAX),
@@ -302,7 +297,13 @@ mod tests {
                 })
                 .unwrap();
                 let mut buf = b"earlier".to_vec();
-                let hex = encode_into(&mut buf, seq, ev, &cp, GENESIS_PREV).unwrap();
+                let hex = encode_into(
+                    &mut buf,
+                    seq,
+                    &EncodedEvent::new(ev).unwrap(),
+                    &cp,
+                    GENESIS_PREV,
+                );
                 let line = &buf[7..];
                 let body_len = line.len() - 1 - HASH_SUFFIX_LEN;
                 assert_eq!(&line[..body_len], &want[..want.len() - 1]);

@@ -30,7 +30,7 @@
 
 use crate::event::{kind, AuditEvent};
 use crate::keys::key_id;
-use crate::record::{self, CheckpointFields, LineProblem, GENESIS_PREV};
+use crate::record::{self, CheckpointFields, EncodedEvent, LineProblem, GENESIS_PREV};
 use base64::Engine as _;
 use ed25519_dalek::{Signer, SigningKey};
 use std::collections::VecDeque;
@@ -113,6 +113,15 @@ impl FailReason {
             message: e.to_string(),
         }
     }
+
+    /// An event that could not be encoded (only its `extra` value could fail).
+    fn unserializable(e: &serde_json::Error) -> Self {
+        Self::Io {
+            op: "serialized",
+            kind: std::io::ErrorKind::InvalidData,
+            message: e.to_string(),
+        }
+    }
 }
 
 /// Errors of the audit sink. Any `Err` from [`AuditLog::append_durable`] means
@@ -187,7 +196,7 @@ struct Shared {
 type DurableReply = oneshot::Sender<Result<u64, AuditError>>;
 
 struct Entry {
-    event: AuditEvent,
+    event: EncodedEvent,
     /// Must be fsynced before the batch is acknowledged.
     durable: bool,
     waiter: Option<DurableReply>,
@@ -195,10 +204,6 @@ struct Entry {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "nearly every message is an Append; boxing would cost an allocation per record"
-)]
 enum Msg {
     Append(Entry),
     Close(oneshot::Sender<Result<(), AuditError>>),
@@ -270,6 +275,10 @@ impl AuditLog {
             "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
         }));
+        let start = EncodedEvent::new(&start).map_err(|e| AuditError::Unavailable {
+            path: path.to_owned(),
+            reason: FailReason::unserializable(&e),
+        })?;
         writer
             .commit(
                 vec![Entry {
@@ -317,9 +326,11 @@ impl AuditLog {
         if self.inner.shared.closed.load(Ordering::Acquire) {
             return Err(self.closed());
         }
+        let event =
+            EncodedEvent::new(&ev).map_err(|e| self.unavailable(FailReason::unserializable(&e)))?;
         let (reply, answer) = oneshot::channel();
         let msg = Msg::Append(Entry {
-            event: ev,
+            event,
             durable: true,
             waiter: Some(reply),
             _permit: None,
@@ -340,11 +351,21 @@ impl AuditLog {
             tracing::error!(kind = ev.kind, "audit event of a reserved kind discarded");
             return;
         }
+        // Encoded here, on the request's thread (see `EncodedEvent`).
+        let event = match EncodedEvent::new(&ev) {
+            Ok(e) => e,
+            Err(e) => {
+                // Unreachable for these types; never write a partial record.
+                tracing::error!(error = %e, kind = ev.kind, "audit record could not be serialized");
+                return;
+            }
+        };
+        drop(ev);
         let Ok(permit) = self.inner.permits.clone().acquire_owned().await else {
             return; // the semaphore is never closed
         };
         let msg = Msg::Append(Entry {
-            event: ev,
+            event,
             durable: false,
             waiter: None,
             _permit: Some(permit),
@@ -389,6 +410,13 @@ impl AuditLog {
             return Ok(()); // the writer already stopped after a close
         }
         answer.await.unwrap_or(Ok(()))
+    }
+
+    fn unavailable(&self, reason: FailReason) -> AuditError {
+        AuditError::Unavailable {
+            path: self.inner.path.clone(),
+            reason,
+        }
     }
 
     fn closed(&self) -> AuditError {
@@ -703,27 +731,13 @@ impl Writer {
         let mut written: Vec<(Entry, u64)> = Vec::with_capacity(entries.len());
         let mut pending = entries.into_iter();
         while let Some(entry) = pending.next() {
-            let hash = match record::encode_into(
+            let hash = record::encode_into(
                 &mut buf,
                 seq,
                 &entry.event,
                 &CheckpointFields::default(),
                 &prev,
-            ) {
-                Ok(hash) => hash,
-                Err(e) => {
-                    // Unreachable for these types; never write a partial record.
-                    tracing::error!(error = %e, "audit record could not be serialized");
-                    if let Some(w) = entry.waiter {
-                        let _ = w.send(Err(self.unavailable(FailReason::Io {
-                            op: "serialized",
-                            kind: std::io::ErrorKind::InvalidData,
-                            message: e.to_string(),
-                        })));
-                    }
-                    continue;
-                }
-            };
+            );
             prev.clear();
             prev.push_str(&String::from_utf8_lossy(&hash));
             need_sync |= entry.durable;
@@ -810,19 +824,15 @@ impl Writer {
         let covers = *seq - 1;
         let sig = self.key.sign(&record::checkpoint_message(covers, prev));
         let sig = base64::engine::general_purpose::STANDARD.encode(sig.to_bytes());
-        let event = AuditEvent::now(kind::CHECKPOINT);
+        let event = EncodedEvent::new(&AuditEvent::now(kind::CHECKPOINT))
+            .map_err(|e| FailReason::unserializable(&e))?;
         let fields = CheckpointFields {
             covers: Some(covers),
             head: Some(prev),
             key_id: Some(&self.key_id),
             sig: Some(&sig),
         };
-        let hash =
-            record::encode_into(buf, *seq, &event, &fields, prev).map_err(|e| FailReason::Io {
-                op: "serialized",
-                kind: std::io::ErrorKind::InvalidData,
-                message: e.to_string(),
-            })?;
+        let hash = record::encode_into(buf, *seq, &event, &fields, prev);
         *prev = String::from_utf8_lossy(&hash).into_owned();
         *seq += 1;
         Ok(())

@@ -382,8 +382,11 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    // Each connection holds a clone of `live`; the drain below ends when the
+    // last one is dropped.
+    let (live, mut drained) = tokio::sync::mpsc::channel::<()>(1);
+    let auto = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let http1 = Arc::new(hyper::server::conn::http1::Builder::new());
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -399,8 +402,8 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.load_full();
         let shared = shared.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let (auto, http1) = (auto.clone(), http1.clone());
+        let (live, mut stop) = (live.clone(), stop.clone());
         // The worker registers the socket with its own reactor.
         let tcp = match tcp.into_std() {
             Ok(s) => s,
@@ -410,6 +413,7 @@ async fn accept_loop(
             }
         };
         workers.spawn(async move {
+            let _live = live;
             let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else {
                 return;
             };
@@ -429,18 +433,40 @@ async fn accept_loop(
                 Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
                 _ => "unknown",
             };
+            let h2 = session.alpn_protocol() == Some(b"h2");
             let conn = Arc::new(ConnInfo {
                 peer,
                 cert,
                 tls_version,
             });
             let svc = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
-            let fut = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-            let _ = watcher.watch(fut.into_owned()).await;
+            if h2 {
+                let fut = auto.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                tokio::pin!(fut);
+                tokio::select! {
+                    _ = fut.as_mut() => return,
+                    _ = stop.changed() => fut.as_mut().graceful_shutdown(),
+                }
+                let _ = fut.await;
+            } else {
+                // HTTP/1.1 (ALPN said so, or said nothing: h2 over TLS needs
+                // ALPN, RFC 9113 §3.2): served directly, without the version
+                // sniffing and read-back buffer of the auto builder.
+                let fut = http1
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .with_upgrades();
+                tokio::pin!(fut);
+                tokio::select! {
+                    _ = fut.as_mut() => return,
+                    _ = stop.changed() => fut.as_mut().graceful_shutdown(),
+                }
+                let _ = fut.await;
+            }
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    drop(live);
+    if tokio::time::timeout(DRAIN_TIMEOUT, drained.recv())
         .await
         .is_err()
     {
