@@ -85,7 +85,8 @@ impl Histogram {
 #[derive(Default)]
 pub struct Metrics {
     /// `(decision, route)` → count.
-    requests: Mutex<BTreeMap<(String, String), u64>>,
+    /// decision -> route -> count
+    requests: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     /// rule → count.
     optout_uses: Mutex<BTreeMap<String, u64>>,
     pub decision_duration: Histogram,
@@ -116,7 +117,18 @@ impl Metrics {
 
     /// One answered request (the final decision; `route` empty when none matched).
     pub fn request(&self, decision: &str, route: &str) {
-        bump(&self.requests, (decision.to_string(), route.to_string()));
+        // Allocates only the first time a (decision, route) pair is seen.
+        let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let routes = match m.get_mut(decision) {
+            Some(routes) => routes,
+            None => m.entry(decision.to_string()).or_default(),
+        };
+        match routes.get_mut(route) {
+            Some(n) => *n += 1,
+            None => {
+                routes.insert(route.to_string(), 1);
+            }
+        }
     }
 
     /// An opt-out honoured (its durable audit record was written).
@@ -184,13 +196,15 @@ impl Metrics {
         );
         {
             let m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-            for ((decision, route), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "postern_requests_total{{decision=\"{}\",route=\"{}\"}} {n}",
-                    escape(decision),
-                    escape(route)
-                );
+            for (decision, routes) in m.iter() {
+                for (route, n) in routes {
+                    let _ = writeln!(
+                        out,
+                        "postern_requests_total{{decision=\"{}\",route=\"{}\"}} {n}",
+                        escape(decision),
+                        escape(route)
+                    );
+                }
             }
         }
         header_line(

@@ -45,13 +45,16 @@ struct Ctx {
     named: Named,
     started: Instant,
     /// The last audited `(decision, route)`: the final answer, for metrics.
-    outcome: std::sync::Mutex<Option<(String, String)>>,
+    outcome: std::sync::Mutex<Option<Outcome>>,
     /// `Set-Cookie` values for the answer, whatever it is (session refresh,
     /// clearing an expired or refused session cookie).
     set_cookies: Vec<HeaderValue>,
     /// The request's risk score and contributions (`[risk]` configured).
     risk: Option<serde_json::Value>,
 }
+
+/// A request's final `(decision, route)`, counted in the metrics.
+type Outcome = (&'static str, Option<Arc<str>>);
 
 /// The strings that name a request in each of its audit records.
 #[derive(Clone, Default)]
@@ -70,7 +73,7 @@ impl Ctx {
     fn event(
         &self,
         now: OffsetDateTime,
-        decision: &str,
+        decision: &'static str,
         status: u16,
         d: Option<&Decision>,
         reasons: Vec<String>,
@@ -83,7 +86,7 @@ impl Ctx {
     fn take_event(
         &mut self,
         now: OffsetDateTime,
-        decision: &str,
+        decision: &'static str,
         status: u16,
         d: Option<&Decision>,
         reasons: Vec<String>,
@@ -96,7 +99,7 @@ impl Ctx {
         &self,
         named: Named,
         now: OffsetDateTime,
-        decision: &str,
+        decision: &'static str,
         status: u16,
         d: Option<&Decision>,
         reasons: Vec<String>,
@@ -115,8 +118,7 @@ impl Ctx {
         ev.status = Some(status);
         ev.reasons = reasons;
         if let Ok(mut o) = self.outcome.lock() {
-            let route = d.and_then(|d| d.route.as_deref()).unwrap_or("");
-            *o = Some((decision.to_string(), route.to_string()));
+            *o = Some((decision, d.and_then(|d| d.route.clone())));
         }
         if let Some(d) = d {
             ev.route = d.route.as_deref().map(str::to_string);
@@ -175,7 +177,9 @@ pub async fn handle(
     }
     if let Ok(mut o) = ctx.outcome.lock() {
         if let Some((decision, route)) = o.take() {
-            shared.metrics.request(&decision, &route);
+            shared
+                .metrics
+                .request(decision, route.as_deref().unwrap_or(""));
         }
     }
     Ok(resp)
@@ -1242,7 +1246,7 @@ async fn consent_endpoint(
     } else {
         Default::default()
     };
-    let audit = |decision: &str, status: u16, offer: Option<&str>, reasons: Vec<String>| {
+    let audit = |decision: &'static str, status: u16, offer: Option<&str>, reasons: Vec<String>| {
         let mut ev = ctx.event(now, decision, status, None, reasons);
         ev.kind = "consent";
         ev.rule = offer.map(str::to_string);
