@@ -84,8 +84,7 @@ impl Histogram {
 /// Every series postern exports.
 #[derive(Default)]
 pub struct Metrics {
-    /// `(decision, route)` → count.
-    /// decision -> route -> count
+    /// decision → route → count.
     requests: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     /// rule → count.
     optout_uses: Mutex<BTreeMap<String, u64>>,
