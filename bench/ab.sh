@@ -13,13 +13,15 @@
 # after one unmeasured warm-up run each. CPU µs/request = utime+stime of the server's processes
 # (/proc/PID/stat) / completed requests. Prints each run and the medians; every address is
 # 127.0.0.1; everything started is stopped by PID on exit.
-# Needs: nginx, oha, python3 (bench/load.sh install sets them up). Env: N, R (rounds, default 5),
+# Needs: nginx, oha, python3 (bench/load.sh install sets them up). Env: N, R (rounds, default 5), RATE (pace each run at RATE req/s; default: closed loop),
 # AB_DIR (work dir under /tmp, default /tmp/postern-ab, wiped).
 set -euo pipefail
 A=${1:?usage: bench/ab.sh OLD_BINARY [NEW_BINARY]}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 B=${2:-$REPO/target/release/postern}
 W=${AB_DIR:-/tmp/postern-ab}; N=${N:-60000}; R=${R:-5}
+case "${RATE:-}" in *[!0-9]*) echo "RATE must be an integer (req/s)" >&2; exit 2;; esac
+PACE=(); [ -n "${RATE:-}" ] && PACE=(-q "$RATE" --latency-correction)
 case "$W" in /tmp/?*) ;; *) echo "AB_DIR must be under /tmp/" >&2; exit 2;; esac
 export PATH="$HOME/.cargo/bin:$PATH"
 TCK=$(getconf CLK_TCK)
@@ -71,7 +73,7 @@ wait_port 19443; wait_port 19445
 cpu() { local t=0 p; for p in $*; do set -- $(cut -d' ' -f14,15 "/proc/$p/stat"); t=$((t + $1 + $2)); done; echo $t; }
 one() {  # name port pids
   local b a; b=$(cpu $3)
-  timeout -k 5 120 oha --no-tui --output-format json -n "$N" -c 64 "${M[@]}" "https://localhost:$2/private" > "$W/o.json" 2>/dev/null
+  timeout -k 5 120 oha --no-tui --output-format json -n "$N" -c 64 "${PACE[@]}" "${M[@]}" "https://localhost:$2/private" > "$W/o.json" 2>/dev/null
   a=$(cpu $3)
   python3 - "$1" "$W/o.json" "$a" "$b" "$TCK" >> "$W/runs.tsv" <<'PY'
 import json, sys

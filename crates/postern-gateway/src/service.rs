@@ -155,6 +155,7 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let _in_flight = crate::workers::InFlight::enter();
     let now = OffsetDateTime::now_utc();
     let mut ctx = Ctx {
         request_id: new_request_id(),
@@ -741,6 +742,7 @@ async fn forward(
     let upstream_req = Request::from_parts(parts, body);
 
     let sent = if pooled {
+        crate::workers::yield_if_busy().await;
         let req = shared.pool.request(&upstream.authority, upstream_req);
         match tokio::time::timeout(shared.upstream_timeout, req).await {
             Err(_) => Sent::TimedOut,

@@ -13,6 +13,7 @@
 //! writer) stays where it was started; nothing here holds state that a
 //! request could observe.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -33,6 +34,56 @@ async fn housekeeping() {
     loop {
         tick.tick().await;
         crate::upstream::prune_idle_on_this_thread();
+    }
+}
+
+thread_local! {
+    /// Set on a worker's thread: its tasks never run anywhere else.
+    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
+    /// Requests being answered on this worker.
+    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Held by a request for as long as it is being answered: counts the
+/// worker's requests in flight (nothing, off the workers).
+pub struct InFlight(bool);
+
+impl InFlight {
+    pub fn enter() -> InFlight {
+        let on = ON_WORKER.try_with(Cell::get).unwrap_or(false);
+        if on {
+            let _ = IN_FLIGHT.try_with(|n| n.set(n.get().saturating_add(1)));
+        }
+        InFlight(on)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = IN_FLIGHT.try_with(|n| n.set(n.get().saturating_sub(1)));
+        }
+    }
+}
+
+/// Before a request is written upstream: when the worker is answering
+/// other requests too, let those that are ready run up to this point
+/// first, so that the upstream requests of one batch of client events leave
+/// back to back.
+///
+/// Spread out, each of them found the upstream asleep and paid for waking
+/// it inside `writev` (an IPI on a VM): about 4 % of a proxied request's CPU
+/// at saturation (`bench/ab.sh`, 25 interleaved rounds), with lower p50 and
+/// p99. With few requests in flight the others are mostly waiting on their
+/// upstream, and a yield would cost a scheduler round for nothing (1.04×
+/// paced at 3,000 req/s when any other request made the worker busy).
+pub async fn yield_if_busy() {
+    /// More requests in flight than this on the worker make it busy.
+    const BUSY: usize = 3;
+    let busy = ON_WORKER.try_with(Cell::get).unwrap_or(false)
+        && IN_FLIGHT.try_with(Cell::get).unwrap_or(0) > BUSY;
+    if busy {
+        tokio::task::yield_now().await;
     }
 }
 
@@ -60,6 +111,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("postern-worker-{i}"))
                 .spawn(move || {
+                    ON_WORKER.set(true);
                     rt.block_on(async {
                         tokio::select! {
                             _ = rx => {}
@@ -105,5 +157,43 @@ impl Workers {
         if let Some(h) = self.handles.get(i) {
             h.spawn(fut);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "tests panic on unexpected failures by design"
+)]
+mod tests {
+    use super::*;
+
+    /// Whether `f` is ready at its first poll.
+    fn ready_at_once<F: Future>(f: F) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::pin::pin!(f).poll(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn only_a_busy_worker_yields() {
+        // A thread of its own: fresh thread-locals.
+        std::thread::spawn(|| {
+            let off_worker: Vec<_> = (0..8).map(|_| InFlight::enter()).collect();
+            assert_eq!(IN_FLIGHT.get(), 0, "nothing is counted off the workers");
+            assert!(ready_at_once(yield_if_busy()));
+            drop(off_worker);
+
+            ON_WORKER.set(true);
+            let mut guards: Vec<_> = (0..3).map(|_| InFlight::enter()).collect();
+            assert_eq!(IN_FLIGHT.get(), 3);
+            assert!(ready_at_once(yield_if_busy()), "3 in flight is not busy");
+            guards.push(InFlight::enter());
+            assert!(!ready_at_once(yield_if_busy()), "4 in flight is busy");
+            drop(guards);
+            assert_eq!(IN_FLIGHT.get(), 0, "every request that ends is counted out");
+            assert!(ready_at_once(yield_if_busy()));
+        })
+        .join()
+        .unwrap();
     }
 }

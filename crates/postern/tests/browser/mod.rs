@@ -131,7 +131,10 @@ impl Provider {
             .expect("starting node provider.mjs");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let issuer = tokio::time::timeout(Duration::from_secs(30), async {
+        // Loading oidc-provider takes node a few seconds; with the whole
+        // suite running on two cores it once took over 30 s. The bound only
+        // stops a provider that hangs.
+        let issuer = tokio::time::timeout(Duration::from_secs(90), async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(issuer) = line.strip_prefix("ready ") {
                     return issuer.trim().to_string();
@@ -143,7 +146,7 @@ impl Provider {
             );
         })
         .await
-        .expect("the provider was not ready within 30 s");
+        .expect("the provider was not ready within 90 s");
         // Keep draining its stdout so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Provider {
