@@ -104,43 +104,27 @@ pub fn is_identity_header(name: &str) -> bool {
 /// headers from a request's headers. `keep_upgrade`: keep `Upgrade` and a
 /// `Connection: upgrade` (for a tunnel the policy allows).
 pub fn sanitize_request(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let upgrade = if keep_upgrade {
-        headers.get(http::header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    remove_connection_listed(headers);
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n) || is_identity_header(n.as_str()))
-        .cloned()
-        .collect();
-    for n in doomed {
-        headers.remove(&n);
-    }
-    if let Some(u) = upgrade {
-        headers.insert(http::header::UPGRADE, u);
-        headers.insert(
-            http::header::CONNECTION,
-            HeaderValue::from_static("upgrade"),
-        );
-    }
+    sanitize(headers, keep_upgrade, |n| {
+        is_hop_by_hop(n) || is_identity_header(n.as_str())
+    });
 }
 
 /// Remove hop-by-hop headers from an upstream response.
 pub fn sanitize_response(headers: &mut HeaderMap, keep_upgrade: bool) {
+    sanitize(headers, keep_upgrade, is_hop_by_hop);
+}
+
+/// Remove the headers named by `Connection` and those `doomed` picks (one
+/// scan of the map), keeping an upgrade when asked.
+fn sanitize(headers: &mut HeaderMap, keep_upgrade: bool, doomed: impl Fn(&HeaderName) -> bool) {
     let upgrade = if keep_upgrade {
         headers.get(http::header::UPGRADE).cloned()
     } else {
         None
     };
     remove_connection_listed(headers);
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    for n in doomed {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for n in names {
         headers.remove(&n);
     }
     if let Some(u) = upgrade {

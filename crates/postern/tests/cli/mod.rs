@@ -4,17 +4,6 @@ use std::path::Path;
 
 use crate::support::*;
 
-fn demo_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    postern::demo::prepare(
-        dir.path(),
-        "127.0.0.1:0".parse().unwrap(),
-        time::OffsetDateTime::now_utc(),
-    )
-    .unwrap();
-    dir
-}
-
 fn write_config(dir: &Path, edit: impl Fn(String) -> String) -> String {
     let path = dir.join("postern.toml");
     let text = std::fs::read_to_string(&path).unwrap();

@@ -17,13 +17,7 @@ use crate::support::*;
 
 /// Start the demo with `extra` appended to its config.
 async fn demo_with(extra: &str) -> Demo {
-    let dir = tempfile::tempdir().unwrap();
-    postern::demo::prepare(
-        dir.path(),
-        "127.0.0.1:0".parse().unwrap(),
-        time::OffsetDateTime::now_utc(),
-    )
-    .unwrap();
+    let dir = demo_dir();
     let cfg = dir.path().join("postern.toml");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(extra);

@@ -9,7 +9,7 @@ use postern_gateway::reload::{spawn_reloader, ReloadHandle, ReloadOptions, Reloa
 use postern_review::reviewers::read_signing_key;
 use postern_review::{approvals_path, Approval};
 
-use crate::support::{postern, Client, Creds, Demo};
+use crate::support::{demo_dir, postern, Client, Creds, Demo};
 
 const NARROW: &str = "methods = [\"GET\", \"HEAD\"]";
 const WIDE: &str = "methods = [\"GET\", \"HEAD\", \"POST\"]";
@@ -342,13 +342,7 @@ async fn a_live_gateway_cannot_take_new_reviewers_or_drop_review() {
 
 #[tokio::test]
 async fn an_unsigned_widening_is_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    postern::demo::prepare(
-        dir.path(),
-        "127.0.0.1:0".parse().unwrap(),
-        time::OffsetDateTime::now_utc(),
-    )
-    .unwrap();
+    let dir = demo_dir();
     let path = dir.path().join("postern.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replacen(NARROW, WIDE, 1)).unwrap();

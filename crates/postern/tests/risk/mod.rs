@@ -19,13 +19,7 @@ const MAX_RISK: u64 = 40;
 /// section) appended, re-approved by both demo reviewers (the demo policy
 /// loads only with two approvals of its current opt-out digest).
 fn prepare(risk: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    postern::demo::prepare(
-        dir.path(),
-        "127.0.0.1:0".parse().unwrap(),
-        time::OffsetDateTime::now_utc(),
-    )
-    .unwrap();
+    let dir = demo_dir();
     let cfg = dir.path().join("postern.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     let healthz = "id = \"healthz\"\n";

@@ -19,6 +19,18 @@ pub struct Demo {
     pub addr: SocketAddr,
 }
 
+/// A fresh directory holding everything `postern demo` writes, made now.
+pub fn demo_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    postern::demo::prepare(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    dir
+}
+
 impl Demo {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -26,14 +38,7 @@ impl Demo {
 
     /// Start the demo's gateway (files from `postern demo`) in a fresh directory.
     pub async fn start() -> Demo {
-        let dir = tempfile::tempdir().unwrap();
-        postern::demo::prepare(
-            dir.path(),
-            "127.0.0.1:0".parse().unwrap(),
-            time::OffsetDateTime::now_utc(),
-        )
-        .unwrap();
-        Demo::start_in(dir).await
+        Demo::start_in(demo_dir()).await
     }
 
     /// Start the demo with everything made as if at `now` (e.g. a CA created

@@ -314,13 +314,7 @@ impl Upstream {
 /// The demo gateway with its `echo` upstream pointed at `upstream`
 /// (and `[gateway] upstream_timeout_secs`, when given).
 async fn gateway_to(upstream: SocketAddr, timeout_secs: Option<u64>) -> Demo {
-    let dir = tempfile::tempdir().unwrap();
-    postern::demo::prepare(
-        dir.path(),
-        "127.0.0.1:0".parse().unwrap(),
-        time::OffsetDateTime::now_utc(),
-    )
-    .unwrap();
+    let dir = demo_dir();
     let path = dir.path().join("postern.toml");
     let original = std::fs::read_to_string(&path).unwrap();
     let mut config = original.replace(
@@ -392,6 +386,15 @@ fn audit_records(d: &Demo, r: &Resp) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `upstream_error` audit record of the request that got `r`.
+fn upstream_error_record(d: &Demo, r: &Resp) -> serde_json::Value {
+    let recs = audit_records(d, r);
+    recs.iter()
+        .find(|rec| rec["decision"] == "upstream_error")
+        .cloned()
+        .unwrap_or_else(|| panic!("no upstream_error record: {recs:?}"))
+}
+
 /// Deterministic, not periodic at any small stride.
 fn pattern(n: usize) -> Vec<u8> {
     let mut x: u32 = 0x9e37_79b9;
@@ -447,11 +450,7 @@ async fn upstream_down_is_502_with_a_json_error_and_audited() {
         "{r:?}"
     );
     d.stop().await;
-    let recs = audit_records(&d, &r);
-    let rec = recs
-        .iter()
-        .find(|rec| rec["decision"] == "upstream_error")
-        .unwrap_or_else(|| panic!("no upstream_error record: {recs:?}"));
+    let rec = upstream_error_record(&d, &r);
     assert_eq!(rec["status"], 502, "{rec}");
     assert_eq!(rec["identity"], "alice", "{rec}");
 }
@@ -483,11 +482,7 @@ async fn an_upstream_that_never_answers_is_504_after_the_timeout_and_audited() {
     );
     assert_eq!(up.seen().len(), 1, "the request reached the upstream once");
     d.stop().await;
-    let recs = audit_records(&d, &r);
-    let rec = recs
-        .iter()
-        .find(|rec| rec["decision"] == "upstream_error")
-        .unwrap_or_else(|| panic!("no upstream_error record: {recs:?}"));
+    let rec = upstream_error_record(&d, &r);
     assert_eq!(rec["status"], 504, "{rec}");
 }
 
