@@ -21,8 +21,15 @@
 //!   `Err` and did not honour what they described.
 //! * **Signed checkpoints.** Every [`AuditOptions::checkpoint_every`] records,
 //!   when records have waited [`AuditOptions::idle_checkpoint`] without one, and
-//!   at close, the writer appends a signed checkpoint, fsyncs, and atomically
-//!   replaces `<path>.head` with that checkpoint line.
+//!   at close, the writer appends a signed checkpoint.
+//! * **The head file only names a checkpoint that is on disk.** The writer
+//!   fsyncs the log, then atomically replaces `<path>.head` with the latest
+//!   checkpoint line: at close, and otherwise at most once per
+//!   [`AuditOptions::idle_checkpoint`] (and within it, when a checkpoint is
+//!   left waiting). Under load that is one fsync and one head replacement a
+//!   second rather than one per checkpoint (each costs three fsyncs and a
+//!   rename), and the head is never older than that interval: the window in
+//!   which cutting the log's tail goes unnoticed stays bounded in time.
 //!
 //! Request tasks never touch the file: they send to a dedicated writer thread
 //! (running its own single-threaded tokio runtime, for the idle timer) and wait
@@ -60,7 +67,9 @@ pub struct AuditOptions {
     pub checkpoint_every: u64,
     /// Write a checkpoint once the oldest record not yet covered by one has
     /// waited this long (so an idle log is covered within this time). Also the
-    /// retry interval of a failing log. Default 1 s.
+    /// retry interval of a failing log, and the most often (and, once a
+    /// checkpoint waits, the longest) between replacements of the head file.
+    /// Default 1 s.
     pub idle_checkpoint: Duration,
     /// Most non-durable records held in memory (queued or kept after a failed
     /// write); `append` waits beyond that. Default 65536.
@@ -264,6 +273,8 @@ impl AuditLog {
             prev,
             since_checkpoint: 0,
             oldest_uncovered: None,
+            head_written: None,
+            head_pending: None,
             last_failure: None,
             retained: VecDeque::new(),
             opts: opts.clone(),
@@ -346,32 +357,48 @@ impl AuditLog {
     ///
     /// Records appended after [`AuditLog::close`] are discarded (with an error
     /// in the tracing log), as are events of the reserved `checkpoint` kind.
-    pub async fn append(&self, ev: AuditEvent) {
+    ///
+    /// The event is encoded before the returned future is first polled (on
+    /// the caller's thread), so the future holds only the encoded bytes: it
+    /// stays small in the request futures that await it, which are moved
+    /// whole at every await.
+    pub fn append(&self, ev: AuditEvent) -> impl std::future::Future<Output = ()> + Send + '_ {
+        let event = Self::encode(ev);
+        async move {
+            let Some(event) = event else { return };
+            let permit = match self.inner.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => match self.inner.permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return, // the semaphore is never closed
+                },
+            };
+            let msg = Msg::Append(Entry {
+                event,
+                durable: false,
+                waiter: None,
+                _permit: Some(permit),
+            });
+            if self.inner.tx.send(msg).is_err() {
+                tracing::error!(path = %self.inner.path.display(), "audit record appended after close discarded");
+            }
+        }
+    }
+
+    /// Encodes a non-durable record; `None` (logged) for one that must not be
+    /// written.
+    fn encode(ev: AuditEvent) -> Option<EncodedEvent> {
         if ev.kind == kind::CHECKPOINT {
             tracing::error!(kind = ev.kind, "audit event of a reserved kind discarded");
-            return;
+            return None;
         }
-        // Encoded here, on the request's thread (see `EncodedEvent`).
-        let event = match EncodedEvent::new(&ev) {
-            Ok(e) => e,
+        match EncodedEvent::new(&ev) {
+            Ok(e) => Some(e),
             Err(e) => {
                 // Unreachable for these types; never write a partial record.
                 tracing::error!(error = %e, kind = ev.kind, "audit record could not be serialized");
-                return;
+                None
             }
-        };
-        drop(ev);
-        let Ok(permit) = self.inner.permits.clone().acquire_owned().await else {
-            return; // the semaphore is never closed
-        };
-        let msg = Msg::Append(Entry {
-            event,
-            durable: false,
-            waiter: None,
-            _permit: Some(permit),
-        });
-        if self.inner.tx.send(msg).is_err() {
-            tracing::error!(path = %self.inner.path.display(), "audit record appended after close discarded");
         }
     }
 
@@ -556,6 +583,11 @@ struct Writer {
     /// Records written since the last checkpoint.
     since_checkpoint: u64,
     oldest_uncovered: Option<Instant>,
+    /// When `<path>.head` was last replaced.
+    head_written: Option<Instant>,
+    /// A checkpoint line written (not necessarily fsynced) after the one the
+    /// head file names.
+    head_pending: Option<Vec<u8>>,
     last_failure: Option<Instant>,
     /// Non-durable records of failed batches, oldest first.
     retained: VecDeque<Entry>,
@@ -655,11 +687,43 @@ impl Writer {
         let due = if !self.retained.is_empty() {
             Some(self.last_failure.map_or_else(Instant::now, |t| t + retry))
         } else {
-            self.oldest_uncovered.map(|t| t + self.opts.idle_checkpoint)
+            let checkpoint = self.oldest_uncovered.map(|t| t + self.opts.idle_checkpoint);
+            let head = self.head_pending.as_ref().map(|_| self.head_due_at());
+            checkpoint.into_iter().chain(head).min()
         }?;
         match self.last_failure {
             Some(t) if self.shared.failing.load(Ordering::Relaxed) => Some(due.max(t + retry)),
             _ => Some(due),
+        }
+    }
+
+    /// When the head file may next be replaced.
+    fn head_due_at(&self) -> Instant {
+        self.head_written
+            .map_or_else(Instant::now, |t| t + self.opts.idle_checkpoint)
+    }
+
+    /// Fsyncs the log and points the head file at the waiting checkpoint.
+    fn flush_head(&mut self) -> Result<(), FailReason> {
+        let Some(line) = self.head_pending.take() else {
+            return Ok(());
+        };
+        if let Err(e) = self.file.sync_data() {
+            self.head_pending = Some(line);
+            let reason = FailReason::io("fsynced", &e);
+            self.fail(Vec::new(), &reason); // backs the next attempt off
+            return Err(reason);
+        }
+        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.shared.failing.store(false, Ordering::Release);
+        self.replace_head(&line);
+        Ok(())
+    }
+
+    fn replace_head(&mut self, line: &[u8]) {
+        self.head_written = Some(Instant::now());
+        if let Err(e) = self.write_head(line) {
+            tracing::warn!(path = %self.head_path.display(), error = %e, "could not update the audit head file");
         }
     }
 
@@ -715,6 +779,11 @@ impl Writer {
         let mut entries: Vec<Entry> = self.retained.drain(..).collect();
         entries.extend(new);
         if entries.is_empty() && !(force_checkpoint && self.since_checkpoint > 0) {
+            if self.head_pending.is_some()
+                && (force_checkpoint || self.head_due_at() <= Instant::now())
+            {
+                return self.flush_head();
+            }
             return Ok(());
         }
         if let Err(reason) = self.check_file() {
@@ -753,7 +822,6 @@ impl Writer {
                 }
                 last_checkpoint = Some((at, buf.len()));
                 since = 0;
-                need_sync = true;
             }
         }
         if force_checkpoint && since > 0 {
@@ -764,8 +832,12 @@ impl Writer {
             }
             last_checkpoint = Some((at, buf.len()));
             since = 0;
-            need_sync = true;
         }
+        // The head file moves to this batch's checkpoint now only at close or
+        // once the interval has passed; it must then be on disk first.
+        let head_now =
+            last_checkpoint.is_some() && (force_checkpoint || self.head_due_at() <= Instant::now());
+        need_sync |= head_now;
 
         let result = self
             .file
@@ -807,8 +879,11 @@ impl Writer {
             }
         }
         if let Some((from, to)) = last_checkpoint {
-            if let Err(e) = self.write_head(&buf[from..to]) {
-                tracing::warn!(path = %self.head_path.display(), error = %e, "could not update the audit head file");
+            if head_now {
+                self.head_pending = None;
+                self.replace_head(&buf[from..to]);
+            } else {
+                self.head_pending = Some(buf[from..to].to_vec());
             }
         }
         Ok(())

@@ -642,6 +642,99 @@ async fn an_idle_log_is_sealed_by_a_checkpoint_without_close() {
     assert_eq!(log.last_seq(), 3);
 }
 
+/// The seq of the checkpoint `<path>.head` names.
+fn head_seq(path: &Path) -> u64 {
+    let mut head = path.to_path_buf().into_os_string();
+    head.push(".head");
+    json(&std::fs::read(head).unwrap())["seq"].as_u64().unwrap()
+}
+
+async fn wait_for_seq(log: &AuditLog, seq: u64) {
+    for _ in 0..500 {
+        if log.last_seq() >= seq {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(log.last_seq(), seq, "the log did not reach record {seq}");
+}
+
+#[tokio::test]
+async fn the_head_file_moves_at_most_once_per_interval_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = generate_signing_key();
+    let interval = Duration::from_secs(2);
+    let log = AuditLog::open(
+        &path,
+        key.clone(),
+        AuditOptions {
+            checkpoint_every: 4,
+            idle_checkpoint: interval,
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    // The start record and 19 more: a checkpoint after every 4 records, so
+    // the log ends with checkpoint 25.
+    for i in 0..19 {
+        log.append(event(i)).await;
+    }
+    wait_for_seq(&log, 25).await;
+    let first = head_seq(&path);
+    let started = std::time::Instant::now();
+    let fsyncs = log.fsync_count();
+    // 20 more: the log ends with checkpoint 50.
+    for i in 19..39 {
+        log.append(event(i)).await;
+    }
+    wait_for_seq(&log, 50).await;
+    if started.elapsed() < interval {
+        // Five more checkpoints were written, none of them fsynced or named
+        // by the head yet.
+        assert_eq!(head_seq(&path), first, "the head moved within the interval");
+        assert_eq!(
+            log.fsync_count(),
+            fsyncs,
+            "a checkpoint was fsynced within the interval"
+        );
+    }
+    // With no more records and no close, the head still reaches the last
+    // checkpoint once the interval has passed.
+    let mut caught_up = false;
+    for _ in 0..100 {
+        if head_seq(&path) == 50 {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        caught_up,
+        "the head file never named the last checkpoint: {} (log at {})",
+        head_seq(&path),
+        log.last_seq()
+    );
+    assert!(
+        log.fsync_count() > fsyncs,
+        "the log was fsynced before the head named it"
+    );
+    let report = verify_file(&path, &key.verifying_key()).unwrap();
+    assert!(report.head_checked);
+    assert_eq!(report.last_checkpoint_seq, 50);
+    assert_eq!(
+        report.last_seq, 50,
+        "no idle checkpoint: nothing was uncovered"
+    );
+    // Cutting the tail back to before that checkpoint is caught.
+    let lines = read_lines(&path);
+    write_lines(&path, &lines[..lines.len() - 5]);
+    assert!(matches!(
+        verify_file(&path, &key.verifying_key()).unwrap_err(),
+        VerifyError::TruncatedBeforeHead { head_seq: 50, .. }
+    ));
+}
+
 #[tokio::test]
 async fn dropping_every_handle_still_seals_the_log() {
     let dir = tempfile::tempdir().unwrap();
