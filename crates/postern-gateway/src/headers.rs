@@ -152,22 +152,28 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
 /// The client's address: the TCP peer, unless the peer is a trusted proxy,
 /// in which case the rightmost `x-forwarded-for` hop that is not itself a
 /// trusted proxy (a client can prepend anything to the left).
-/// Returns the client address and the `x-forwarded-for` chain to send on.
-pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (IpAddr, String) {
+/// Returns the client address and the `x-forwarded-for` chain to send on;
+/// `None` when that chain is the peer alone (the common case, which the
+/// caller formats once per connection).
+pub fn client_address(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> (IpAddr, Option<String>) {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
-        return (peer, peer.to_string());
+        return (peer, None);
     }
     let mut hops: Vec<IpAddr> = Vec::new();
     for v in headers.get_all("x-forwarded-for") {
         let Ok(s) = v.to_str() else {
             // Unparsable chain from a trusted proxy: believe only the peer.
-            return (peer, peer.to_string());
+            return (peer, None);
         };
         for part in s.split(',') {
             match part.trim().parse::<IpAddr>() {
                 Ok(ip) => hops.push(ip),
-                Err(_) => return (peer, peer.to_string()),
+                Err(_) => return (peer, None),
             }
         }
     }
@@ -184,7 +190,7 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (
         .or(hops.first())
         .copied()
         .unwrap_or(peer);
-    (client, chain)
+    (client, Some(chain))
 }
 
 #[cfg(test)]
@@ -226,7 +232,7 @@ mod tests {
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
         let (client, chain) = client_address(peer, &h, &[]);
         assert_eq!(client, peer);
-        assert_eq!(chain, "203.0.113.9");
+        assert_eq!(chain, None, "the chain is the peer alone");
     }
 
     #[test]
@@ -241,7 +247,10 @@ mod tests {
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
         let (client, chain) = client_address(peer, &h, &trusted);
         assert_eq!(client, "198.51.100.7".parse::<IpAddr>().unwrap());
-        assert_eq!(chain, "127.0.0.1, 198.51.100.7, 10.1.1.1, 10.0.0.2");
+        assert_eq!(
+            chain.as_deref(),
+            Some("127.0.0.1, 198.51.100.7, 10.1.1.1, 10.0.0.2")
+        );
     }
 
     #[test]
@@ -250,6 +259,6 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(client_address(peer, &h, &trusted).0, peer);
+        assert_eq!(client_address(peer, &h, &trusted), (peer, None));
     }
 }

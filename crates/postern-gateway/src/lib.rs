@@ -48,6 +48,19 @@ pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Bo
 pub struct Upstream {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// `authority` as the `Host` of requests sent to it.
+    pub host: Option<http::HeaderValue>,
+}
+
+impl Upstream {
+    pub fn new(scheme: Scheme, authority: Authority) -> Upstream {
+        let host = http::HeaderValue::from_str(authority.as_str()).ok();
+        Upstream {
+            scheme,
+            authority,
+            host,
+        }
+    }
 }
 
 /// What changes on a policy reload, swapped atomically.

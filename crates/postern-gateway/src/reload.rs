@@ -482,7 +482,7 @@ fn parse_upstream(name: &str, url: &str) -> Result<Upstream, String> {
         .parse()
         .map_err(|e| format!("upstream `{name}`: bad url `{url}`: {e}"))?;
     match (uri.scheme().cloned(), uri.authority().cloned()) {
-        (Some(scheme), Some(authority)) => Ok(Upstream { scheme, authority }),
+        (Some(scheme), Some(authority)) => Ok(Upstream::new(scheme, authority)),
         _ => Err(format!(
             "upstream `{name}`: url `{url}` needs scheme and host"
         )),

@@ -95,7 +95,7 @@ async fn upstreams(config: &Config) -> Result<HashMap<String, Upstream>, Gateway
                 reason: format!("url `{url}` needs scheme and host"),
             });
         };
-        map.insert(u.name.clone(), Upstream { scheme, authority });
+        map.insert(u.name.clone(), Upstream::new(scheme, authority));
     }
     Ok(map)
 }
@@ -434,11 +434,7 @@ async fn accept_loop(
                 _ => "unknown",
             };
             let h2 = session.alpn_protocol() == Some(b"h2");
-            let conn = Arc::new(ConnInfo {
-                peer,
-                cert,
-                tls_version,
-            });
+            let conn = Arc::new(ConnInfo::new(peer, cert, tls_version));
             let svc = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
             if h2 {
                 let fut = auto.serve_connection_with_upgrades(TokioIo::new(tls), svc);

@@ -34,8 +34,25 @@ use crate::{Body, Shared};
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// `peer`'s address as text and as an `x-forwarded-for` value: formatted
+    /// once per connection, not per request.
+    peer_ip: String,
+    peer_ip_header: Option<HeaderValue>,
     pub cert: PeerCert,
     pub tls_version: &'static str,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, cert: PeerCert, tls_version: &'static str) -> ConnInfo {
+        let peer_ip = peer.ip().to_string();
+        ConnInfo {
+            peer,
+            peer_ip_header: HeaderValue::from_str(&peer_ip).ok(),
+            peer_ip,
+            cert,
+            tls_version,
+        }
+    }
 }
 
 /// Per-request context carried into audit records.
@@ -160,7 +177,7 @@ pub async fn handle(
     let mut ctx = Ctx {
         request_id: new_request_id(),
         named: Named {
-            peer: conn.peer.ip().to_string(),
+            peer: conn.peer_ip.clone(),
             method: req.method().as_str().to_string(),
             ..Named::default()
         },
@@ -223,7 +240,14 @@ async fn pipeline(
         &parts.headers,
         runtime.policy.trusted_proxies(),
     );
-    ctx.named.peer = client_ip.to_string();
+    if client_ip != conn.peer.ip() {
+        ctx.named.peer = client_ip.to_string();
+    }
+    // No chain from a trusted proxy: the chain is the peer alone.
+    let xff = match xff_chain {
+        Some(chain) => HeaderValue::from_str(&chain).ok(),
+        None => conn.peer_ip_header.clone(),
+    };
     let authz: Vec<&[u8]> = parts
         .headers
         .get_all(AUTHORIZATION)
@@ -617,7 +641,7 @@ async fn pipeline(
                 &decision,
                 &identity,
                 &via,
-                &xff_chain,
+                xff,
                 &host,
                 now,
                 ctx,
@@ -638,7 +662,7 @@ async fn forward(
     decision: &Decision,
     identity: &Identity,
     via: &AuthVia,
-    xff_chain: &str,
+    xff: Option<HeaderValue>,
     host: &str,
     now: OffsetDateTime,
     ctx: &mut Ctx,
@@ -705,11 +729,11 @@ async fn forward(
     parts.headers.remove(HOST);
     let h = &mut parts.headers;
     if pooled {
-        if let Ok(v) = HeaderValue::from_str(upstream.authority.as_str()) {
+        if let Some(v) = upstream.host.clone() {
             h.insert(HOST, v);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(xff_chain) {
+    if let Some(v) = xff {
         h.insert(crate::headers::X_FORWARDED_FOR, v);
     }
     h.insert(
@@ -727,7 +751,7 @@ async fn forward(
             h.insert(crate::headers::X_POSTERN_IDENTITY, v);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&auth_label(via)) {
+    if let Some(v) = auth_header(via) {
         h.insert(crate::headers::X_POSTERN_AUTH, v);
     }
     parts.uri = uri;
@@ -803,10 +827,15 @@ async fn forward(
     }
     let mut reasons = Vec::with_capacity(decision.reasons.len() + 1);
     reasons.extend(decision.reasons.iter().cloned());
-    reasons.push(format!(
-        "forwarded to `{upstream_name}` in {} µs",
-        ctx.started.elapsed().as_micros()
-    ));
+    // Built by hand: one allocation, no formatting machinery.
+    let micros = itoa::Buffer::new()
+        .format(ctx.started.elapsed().as_micros())
+        .to_owned();
+    let mut forwarded = String::with_capacity(upstream_name.len() + micros.len() + 24);
+    for part in ["forwarded to `", upstream_name, "` in ", &micros, " µs"] {
+        forwarded.push_str(part);
+    }
+    reasons.push(forwarded);
     // The last record of this request: it takes the context's strings.
     let mut ev = ctx.take_event(now, label, status.as_u16(), Some(decision), reasons);
     if decision.is_optout() {
@@ -881,10 +910,26 @@ fn assess_risk(
 }
 
 fn auth_label(via: &AuthVia) -> String {
+    let mut s = String::with_capacity(24);
     match via {
-        AuthVia::Authenticated(set) => set.to_string(),
-        AuthVia::OptOut { rule, .. } => format!("optout:{rule}"),
+        AuthVia::Authenticated(set) => set.push_to(&mut s),
+        AuthVia::OptOut { rule, .. } => {
+            s.push_str("optout:");
+            s.push_str(rule);
+        }
     }
+    s
+}
+
+/// `x-postern-auth`: [`auth_label`]; a single factor without an allocation.
+fn auth_header(via: &AuthVia) -> Option<HeaderValue> {
+    if let AuthVia::Authenticated(set) = via {
+        let mut factors = set.iter();
+        if let (Some(only), None) = (factors.next(), factors.next()) {
+            return Some(HeaderValue::from_static(only.as_str()));
+        }
+    }
+    HeaderValue::from_str(&auth_label(via)).ok()
 }
 
 async fn bad_request(
@@ -967,9 +1012,15 @@ fn header_str<'a>(req: &'a http::request::Parts, name: &str) -> Option<&'a str> 
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// 128 random bits as 32 lower-case hex digits.
 fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::random();
-    format!("{n:032x}")
+    let mut id = String::with_capacity(32);
+    for i in (0..32).rev() {
+        id.push(char::from(HEX[((n >> (i * 4)) & 0xf) as usize]));
+    }
+    id
 }
 
 /// Where a browser returns after signing in: the matched path and the query.
@@ -1521,4 +1572,42 @@ fn url_encode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "tests panic on unexpected failures by design"
+)]
+mod tests {
+    use super::*;
+    use postern_policy::{Factor, FactorSet};
+
+    #[test]
+    fn request_ids_are_32_lower_hex_digits_and_differ() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+            "{a}"
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_auth_header_says_what_the_audit_record_says() {
+        let one = AuthVia::Authenticated(FactorSet::EMPTY.with(Factor::Mtls));
+        let two = AuthVia::Authenticated(FactorSet::EMPTY.with(Factor::Mtls).with(Factor::Jwt));
+        let optout = AuthVia::OptOut {
+            rule: Arc::from("healthz"),
+            waived: FactorSet::EMPTY.with(Factor::Mtls),
+            verified: FactorSet::EMPTY,
+        };
+        for (via, label) in [(one, "mtls"), (two, "mtls+jwt"), (optout, "optout:healthz")] {
+            assert_eq!(auth_label(&via), label);
+            assert_eq!(auth_header(&via).unwrap(), label);
+        }
+    }
 }

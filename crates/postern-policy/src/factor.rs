@@ -93,19 +93,27 @@ impl FromIterator<Factor> for FactorSet {
     }
 }
 
+impl FactorSet {
+    /// Appends the set as [`Display`](fmt::Display) writes it (`mtls+jwt`,
+    /// `none`), without the formatting machinery: this runs for every request.
+    pub fn push_to(&self, out: &mut String) {
+        if self.is_empty() {
+            out.push_str("none");
+            return;
+        }
+        for (i, factor) in self.iter().enumerate() {
+            if i > 0 {
+                out.push('+');
+            }
+            out.push_str(factor.as_str());
+        }
+    }
+}
+
 impl fmt::Display for FactorSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_empty() {
-            return f.write_str("none");
-        }
-        let mut first = true;
-        for factor in self.iter() {
-            if !first {
-                f.write_str("+")?;
-            }
-            first = false;
-            f.write_str(factor.as_str())?;
-        }
-        Ok(())
+        let mut s = String::with_capacity(16);
+        self.push_to(&mut s);
+        f.write_str(&s)
     }
 }

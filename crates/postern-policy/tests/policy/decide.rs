@@ -130,6 +130,29 @@ fn authenticated_request_is_allowed_without_recording_an_optout() {
     assert_eq!(d.rule, None);
     assert!(!d.is_optout());
     assert!(d.fallback.is_none());
+    // The audit record's reasons, word for word (built without `format!`).
+    assert_eq!(
+        d.reasons,
+        [
+            "route `app` covers `/healthz`",
+            "authenticated with jwt as `alice`"
+        ]
+    );
+    let both = FactorSet::EMPTY.with(Factor::Mtls).with(Factor::Jwt);
+    let mut anonymous = user("x", both);
+    anonymous.principal = None;
+    let d = Req::new("GET", "/private").run(&app(), &anonymous, NOW);
+    assert_eq!(
+        d.reasons.last().map(String::as_str),
+        Some("authenticated with mtls as an unnamed principal"),
+        "the first alternative met, and no principal"
+    );
+    let d = Req::new("GET", "/private").run(&app(), &anon(), NOW);
+    assert!(
+        reasons(&d).ends_with("requires mtls or jwt; verified: none"),
+        "{}",
+        reasons(&d)
+    );
 }
 
 #[test]
