@@ -136,16 +136,24 @@ fn sanitize(headers: &mut HeaderMap, keep_upgrade: bool, doomed: impl Fn(&Header
     }
 }
 
+/// Remove every header a `Connection` value names (case-insensitively; a
+/// token that is no header name names nothing). The values are cloned (a
+/// reference count) rather than each token parsed into an owned name:
+/// `Connection: keep-alive` is on nearly every upstream answer.
 fn remove_connection_listed(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
+    let listed: Vec<HeaderValue> = headers
         .get_all(http::header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .cloned()
         .collect();
-    for n in listed {
-        headers.remove(&n);
+    for v in &listed {
+        let Ok(v) = v.to_str() else { continue };
+        for token in v.split(',') {
+            let token = token.trim();
+            if !token.is_empty() {
+                headers.remove(token);
+            }
+        }
     }
 }
 
@@ -223,6 +231,22 @@ mod tests {
         assert!(h.get("x-keep-me").is_none());
         assert!(h.get("connection").is_none());
         assert_eq!(h.get("x-other").map(|v| v.as_bytes()), Some(&b"2"[..]));
+
+        // Any case, several Connection lines, a token that is no header name.
+        let mut h = HeaderMap::new();
+        h.append(
+            "connection",
+            HeaderValue::from_static(" X-Keep-Me ,, bad token"),
+        );
+        h.append("connection", HeaderValue::from_static("X-SECOND"));
+        h.insert("x-keep-me", HeaderValue::from_static("1"));
+        h.insert("x-second", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("2"));
+        sanitize_response(&mut h, false);
+        assert!(h.get("x-keep-me").is_none());
+        assert!(h.get("x-second").is_none());
+        assert!(h.get("connection").is_none());
+        assert_eq!(h.len(), 1, "{h:?}");
     }
 
     #[test]
