@@ -324,7 +324,7 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
             }
         });
     }
-    let workers = crate::workers::Workers::per_core()
+    let workers = crate::workers::Workers::per_core(config.gateway.placement)
         .map_err(|e| GatewayError::Config(format!("starting connection workers: {e}")))?;
     let task = tokio::spawn(accept_loop(
         workers,

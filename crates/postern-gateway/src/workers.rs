@@ -11,9 +11,10 @@
 //!
 //! # Which worker gets a connection
 //!
-//! The first worker, in index order, that is idle (parked in its reactor
-//! with nothing to run) at the moment the connection is accepted; when none
-//! is idle, the one serving the fewest connections. This is what nginx's
+//! By default ([`Placement::FirstIdle`]) the first worker, in index order,
+//! that is idle (parked in its reactor with nothing to run) at the moment
+//! the connection is accepted; when none is idle, the one serving the
+//! fewest connections. This is what nginx's
 //! workers do by default (they wait on the listening socket with
 //! `EPOLLEXCLUSIVE`, and the kernel wakes the first idle one): a lightly
 //! loaded gateway runs on few cores, whose wake-ups then each find several
@@ -21,7 +22,10 @@
 //! busy when they arrive. Round robin spread 64 keep-alive connections over
 //! both workers of a 2-core machine that the load generator and the
 //! upstream shared; packed, the same load took 0.92× the CPU per request
-//! (BENCHMARKS.md). Connections are not moved once placed.
+//! (BENCHMARKS.md). Connections are not moved once placed, so a pool of
+//! long-lived connections opened while the gateway was quiet stays on one
+//! core; `[gateway] placement = "spread"` ([`Placement::Spread`]) always
+//! picks the worker with the fewest connections instead.
 //!
 //! Background work (reload, alerts, the revocation watcher, the audit
 //! writer) stays where it was started; nothing here holds state that a
@@ -32,6 +36,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use postern_policy::config::Placement;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -104,6 +109,7 @@ pub async fn yield_if_busy() {
 
 pub struct Workers {
     workers: Vec<Worker>,
+    placement: Placement,
     /// Dropping these ends the workers' runtimes (after the drain).
     _stop: Vec<oneshot::Sender<()>>,
 }
@@ -132,12 +138,13 @@ impl Drop for Placed {
     }
 }
 
-/// The worker for a new connection: the first idle one, else the one with
-/// the fewest connections (the first of those on a tie).
-fn pick(loads: impl Iterator<Item = (bool, usize)>) -> Option<usize> {
+/// The worker for a new connection: with [`Placement::FirstIdle`] the first
+/// idle one; otherwise, or when none is idle, the one with the fewest
+/// connections (the first of those on a tie).
+fn pick(placement: Placement, loads: impl Iterator<Item = (bool, usize)>) -> Option<usize> {
     let mut fewest: Option<(usize, usize)> = None;
     for (i, (idle, conns)) in loads.enumerate() {
-        if idle {
+        if idle && placement == Placement::FirstIdle {
             return Some(i);
         }
         if fewest.is_none_or(|(_, n)| conns < n) {
@@ -151,7 +158,7 @@ impl Workers {
     /// `n` workers, each a thread running a current-thread runtime with I/O
     /// and timers; with `n == 0` connections are served by the runtime that
     /// calls [`Workers::spawn`] (tokio's work-stealing scheduler).
-    pub fn start(n: usize) -> std::io::Result<Workers> {
+    pub fn start(n: usize, placement: Placement) -> std::io::Result<Workers> {
         let mut workers = Vec::with_capacity(n);
         let mut stop = Vec::with_capacity(n);
         for i in 0..n {
@@ -183,13 +190,14 @@ impl Workers {
         }
         Ok(Workers {
             workers,
+            placement,
             _stop: stop,
         })
     }
 
     /// As many workers as the machine has cores, or `POSTERN_WORKERS` when
     /// set (`0`: no workers of their own).
-    pub fn per_core() -> std::io::Result<Workers> {
+    pub fn per_core(placement: Placement) -> std::io::Result<Workers> {
         let n = match std::env::var("POSTERN_WORKERS") {
             Ok(v) => v.trim().parse().map_err(|_| {
                 std::io::Error::new(
@@ -199,7 +207,7 @@ impl Workers {
             })?,
             Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        Workers::start(n)
+        Workers::start(n, placement)
     }
 
     /// Run the connection `fut` on the worker [`pick`] chooses, or on the
@@ -214,7 +222,7 @@ impl Workers {
                 w.load.conns.load(Ordering::Relaxed),
             )
         });
-        let Some(w) = pick(loads).and_then(|i| self.workers.get(i)) else {
+        let Some(w) = pick(self.placement, loads).and_then(|i| self.workers.get(i)) else {
             tokio::spawn(fut);
             return;
         };
@@ -244,22 +252,40 @@ mod tests {
     #[test]
     fn the_first_idle_worker_gets_the_connection() {
         assert_eq!(
-            pick([].into_iter()),
+            pick(Placement::FirstIdle, [].into_iter()),
             None,
             "no workers: the caller's runtime"
         );
-        assert_eq!(pick([(true, 50), (true, 0)].into_iter()), Some(0));
-        assert_eq!(pick([(false, 0), (true, 50)].into_iter()), Some(1));
         assert_eq!(
-            pick([(false, 5), (false, 2), (false, 2)].into_iter()),
+            pick(Placement::FirstIdle, [(true, 50), (true, 0)].into_iter()),
+            Some(0)
+        );
+        assert_eq!(
+            pick(Placement::FirstIdle, [(false, 0), (true, 50)].into_iter()),
+            Some(1)
+        );
+        assert_eq!(
+            pick(
+                Placement::FirstIdle,
+                [(false, 5), (false, 2), (false, 2)].into_iter()
+            ),
             Some(1),
             "none idle: the fewest connections, the first on a tie"
         );
+        assert_eq!(
+            pick(
+                Placement::Spread,
+                [(true, 3), (false, 1), (true, 1)].into_iter()
+            ),
+            Some(1),
+            "spread: the fewest connections whether idle or not"
+        );
+        assert_eq!(pick(Placement::Spread, [].into_iter()), None);
     }
 
     #[test]
     fn connections_are_counted_and_placed_on_idle_workers() {
-        let workers = Workers::start(2).unwrap();
+        let workers = Workers::start(2, Placement::FirstIdle).unwrap();
         // Both idle at first: everything goes to worker 0 while it stays idle.
         let wait_idle = |w: &Worker| {
             for _ in 0..500 {

@@ -86,6 +86,26 @@ pub struct GatewayConfig {
     /// Upstream response timeout in seconds (504 past it).
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_secs: u64,
+    /// Which per-core worker serves a new connection (read at start; a
+    /// connection stays on its worker).
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// How connections are placed on the per-core workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// The first worker that is idle when the connection arrives, else the
+    /// one with the fewest connections: nginx's default. A quiet gateway runs
+    /// on few cores and leaves the others to what shares the machine, but
+    /// long-lived connections opened while it was quiet stay packed if the
+    /// load then grows.
+    #[default]
+    FirstIdle,
+    /// Always the worker with the fewest connections: every core takes a
+    /// share of a pool of long-lived connections opened at once.
+    Spread,
 }
 
 impl Default for GatewayConfig {
@@ -96,6 +116,7 @@ impl Default for GatewayConfig {
             max_optout_days: default_max_optout_days(),
             max_buffered_body_bytes: default_max_body_bytes(),
             upstream_timeout_secs: default_upstream_timeout(),
+            placement: Placement::default(),
         }
     }
 }

@@ -722,3 +722,30 @@ require = [["mtls"], ["oidc"]]
         "{r}"
     );
 }
+
+#[test]
+fn worker_placement_is_first_idle_unless_spread_is_asked_for() {
+    use postern_policy::config::Placement;
+    let with = |line: &str| {
+        let text = PREAMBLE.replace("[tls]", &format!("{line}\n[tls]"));
+        Config::parse(Path::new("p.toml"), &format!("{text}{APP_ROUTE}"))
+    };
+    assert_eq!(with("").unwrap().gateway.placement, Placement::FirstIdle);
+    assert_eq!(
+        with(r#"placement = "first-idle""#)
+            .unwrap()
+            .gateway
+            .placement,
+        Placement::FirstIdle
+    );
+    assert_eq!(
+        with(r#"placement = "spread""#).unwrap().gateway.placement,
+        Placement::Spread
+    );
+    let d = with(r#"placement = "round-robin""#).unwrap_err();
+    let text = render(&d);
+    assert!(
+        text.contains("round-robin") && text.contains("p.toml:"),
+        "{text}"
+    );
+}
