@@ -54,8 +54,9 @@ use tokio::time::Instant;
 /// Most messages one batch drains from the queue.
 const MAX_BATCH: usize = 4096;
 /// Shortest pause between retries of a failing log.
-/// How long the writer waits to gather more buffered records into a batch.
-const LINGER: Duration = Duration::from_millis(2);
+/// How long the writer waits to gather more buffered records into a batch:
+/// also the longest a buffered record waits in memory before it is written.
+const LINGER: Duration = Duration::from_millis(5);
 const MIN_RETRY: Duration = Duration::from_millis(10);
 /// Longest record line accepted when reading the tail of an existing log.
 const MAX_TAIL_LINE: u64 = 16 * 1024 * 1024;
