@@ -53,10 +53,10 @@ use tokio::time::Instant;
 
 /// Most messages one batch drains from the queue.
 const MAX_BATCH: usize = 4096;
-/// Shortest pause between retries of a failing log.
 /// How long the writer waits to gather more buffered records into a batch:
 /// also the longest a buffered record waits in memory before it is written.
 const LINGER: Duration = Duration::from_millis(5);
+/// Shortest pause between retries of a failing log.
 const MIN_RETRY: Duration = Duration::from_millis(10);
 /// Longest record line accepted when reading the tail of an existing log.
 const MAX_TAIL_LINE: u64 = 16 * 1024 * 1024;
@@ -834,10 +834,11 @@ impl Writer {
             last_checkpoint = Some((at, buf.len()));
             since = 0;
         }
-        // The head file moves to this batch's checkpoint now only at close or
-        // once the interval has passed; it must then be on disk first.
-        let head_now =
-            last_checkpoint.is_some() && (force_checkpoint || self.head_due_at() <= Instant::now());
+        // The head file moves (to this batch's checkpoint, else to one left
+        // waiting by an earlier batch) only at close or once the interval has
+        // passed; the checkpoint must then be on disk first.
+        let head_now = (last_checkpoint.is_some() || self.head_pending.is_some())
+            && (force_checkpoint || self.head_due_at() <= Instant::now());
         need_sync |= head_now;
 
         let result = self
@@ -879,13 +880,18 @@ impl Writer {
                 let _ = w.send(Ok(seq));
             }
         }
-        if let Some((from, to)) = last_checkpoint {
-            if head_now {
+        match (last_checkpoint, head_now) {
+            (Some((from, to)), true) => {
                 self.head_pending = None;
                 self.replace_head(&buf[from..to]);
-            } else {
-                self.head_pending = Some(buf[from..to].to_vec());
             }
+            (Some((from, to)), false) => self.head_pending = Some(buf[from..to].to_vec()),
+            (None, true) => {
+                if let Some(line) = self.head_pending.take() {
+                    self.replace_head(&line);
+                }
+            }
+            (None, false) => {}
         }
         Ok(())
     }
