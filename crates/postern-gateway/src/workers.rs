@@ -14,15 +14,14 @@
 //! By default ([`Placement::FirstIdle`]) the first worker, in index order,
 //! that is idle (parked in its reactor with nothing to run) at the moment
 //! the connection is accepted; when none is idle, the one serving the
-//! fewest connections. This is what nginx's
-//! workers do by default (they wait on the listening socket with
-//! `EPOLLEXCLUSIVE`, and the kernel wakes the first idle one): a lightly
-//! loaded gateway runs on few cores, whose wake-ups then each find several
-//! requests ready, and connections reach a second core once the first is
-//! busy when they arrive. Round robin spread 64 keep-alive connections over
-//! both workers of a 2-core machine that the load generator and the
-//! upstream shared; packed, the same load took 0.92× the CPU per request
-//! (BENCHMARKS.md). Connections are not moved once placed, so a pool of
+//! fewest connections. This is what nginx's workers do by default (they
+//! wait on the listening socket with `EPOLLEXCLUSIVE`, and the kernel wakes
+//! the first idle one): a lightly loaded gateway runs on few cores, whose
+//! wake-ups then each find several requests ready, and connections reach a
+//! second core once the first is busy when they arrive. Round robin spread
+//! 64 keep-alive connections over both workers of a 2-core machine that the
+//! load generator and the upstream shared; packed, the same load took 0.93×
+//! the CPU per request (BENCHMARKS.md). Connections are not moved once placed, so a pool of
 //! long-lived connections opened while the gateway was quiet stays on one
 //! core; `[gateway] placement = "spread"` ([`Placement::Spread`]) always
 //! picks the worker with the fewest connections instead.
