@@ -828,11 +828,10 @@ async fn forward(
     let mut reasons = Vec::with_capacity(decision.reasons.len() + 1);
     reasons.extend(decision.reasons.iter().cloned());
     // Built by hand: one allocation, no formatting machinery.
-    let micros = itoa::Buffer::new()
-        .format(ctx.started.elapsed().as_micros())
-        .to_owned();
+    let mut digits = itoa::Buffer::new();
+    let micros = digits.format(ctx.started.elapsed().as_micros());
     let mut forwarded = String::with_capacity(upstream_name.len() + micros.len() + 24);
-    for part in ["forwarded to `", upstream_name, "` in ", &micros, " µs"] {
+    for part in ["forwarded to `", upstream_name, "` in ", micros, " µs"] {
         forwarded.push_str(part);
     }
     reasons.push(forwarded);

@@ -94,26 +94,26 @@ impl FromIterator<Factor> for FactorSet {
 }
 
 impl FactorSet {
+    /// The pieces of the set's text (`mtls`, `+`, `jwt`; `none` when empty).
+    fn text_parts(&self) -> impl Iterator<Item = &'static str> + '_ {
+        let none = self.is_empty().then_some("none");
+        let names = self
+            .iter()
+            .enumerate()
+            .flat_map(|(i, f)| [(i > 0).then_some("+"), Some(f.as_str())])
+            .flatten();
+        none.into_iter().chain(names)
+    }
+
     /// Appends the set as [`Display`](fmt::Display) writes it (`mtls+jwt`,
     /// `none`), without the formatting machinery: this runs for every request.
     pub fn push_to(&self, out: &mut String) {
-        if self.is_empty() {
-            out.push_str("none");
-            return;
-        }
-        for (i, factor) in self.iter().enumerate() {
-            if i > 0 {
-                out.push('+');
-            }
-            out.push_str(factor.as_str());
-        }
+        self.text_parts().for_each(|p| out.push_str(p));
     }
 }
 
 impl fmt::Display for FactorSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = String::with_capacity(16);
-        self.push_to(&mut s);
-        f.write_str(&s)
+        self.text_parts().try_for_each(|p| f.write_str(p))
     }
 }
