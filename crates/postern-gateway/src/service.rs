@@ -28,6 +28,7 @@ use crate::authn::{CredentialDetails, PeerCert};
 use crate::headers;
 use crate::respond;
 use crate::session::SessionState;
+use crate::upstream::Payload;
 use crate::{Body, Shared};
 
 /// What the gateway knows about a connection, fixed at handshake.
@@ -756,18 +757,18 @@ async fn forward(
     }
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
-    let body: Body = match body {
-        ForwardBody::Buffered(bytes) => {
-            h.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            respond::full(bytes)
-        }
-        ForwardBody::Streaming(b) => b.map_err(|e| Box::new(e) as crate::BoxError).boxed(),
-    };
-    let upstream_req = Request::from_parts(parts, body);
 
     let sent = if pooled {
+        // The pool writes the framing itself, from the payload.
+        let payload = match body {
+            ForwardBody::Buffered(bytes) => Payload::Full(bytes),
+            ForwardBody::Streaming(b) if http_body::Body::is_end_stream(&b) => Payload::Empty,
+            ForwardBody::Streaming(b) => {
+                Payload::Stream(b.map_err(|e| Box::new(e) as crate::BoxError).boxed())
+            }
+        };
         crate::workers::yield_if_busy().await;
-        let req = shared.pool.request(&upstream.authority, upstream_req);
+        let req = shared.pool.request(&upstream.authority, parts, payload);
         match tokio::time::timeout(shared.upstream_timeout, req).await {
             Err(_) => Sent::TimedOut,
             Ok(Err(e)) => Sent::Failed(e.to_string()),
@@ -776,7 +777,16 @@ async fn forward(
             Ok(Ok(r)) => Sent::Answered(r),
         }
     } else {
-        let req = shared.client.request(upstream_req);
+        let body: Body = match body {
+            ForwardBody::Buffered(bytes) => {
+                parts
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                respond::full(bytes)
+            }
+            ForwardBody::Streaming(b) => b.map_err(|e| Box::new(e) as crate::BoxError).boxed(),
+        };
+        let req = shared.client.request(Request::from_parts(parts, body));
         match tokio::time::timeout(shared.upstream_timeout, req).await {
             Err(_) => Sent::TimedOut,
             Ok(Err(e)) => Sent::Failed(e.to_string()),

@@ -808,3 +808,170 @@ async fn fifty_concurrent_requests_all_get_their_own_answer() {
         "each request reached the upstream once"
     );
 }
+
+// j. Responses that try to slip something to the next request. A pooled
+// connection carries one user's request after another's: an answer whose
+// end is misjudged would hand its tail (or a forged answer) to whoever is
+// next. Each script below answers `/next` honestly on any connection.
+
+/// The upstream answers `/bad` with `raw` (without closing), anything else
+/// with its own path.
+async fn answering_bad_with(raw: &'static [u8]) -> Upstream {
+    Upstream::serve(move |r| match r.head.target() {
+        "/bad" => Reply::raw(raw),
+        path => ok(path.as_bytes()),
+    })
+    .await
+}
+
+#[tokio::test]
+async fn ambiguous_response_framing_is_502_audited_and_its_connection_dropped() {
+    let smuggles: [(&[u8], &str); 5] = [
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+            "both Transfer-Encoding and Content-Length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Length: 49\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+            "Content-Length values that differ",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+            "a coding after chunked",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+            "malformed response head",
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "Transfer-Encoding on an HTTP/1.0 response",
+        ),
+    ];
+    for (raw, why) in smuggles {
+        let up = answering_bad_with(raw).await;
+        let mut d = gateway_to(up.addr, None).await;
+        let mut c = keep_alive(&d).await;
+        let r = exchange(&mut c, "GET", "/bad", "").await;
+        assert_eq!(r.status, 502, "{why}: {r:?}");
+        for i in 0..3 {
+            let r = exchange(&mut c, "GET", "/next", "").await;
+            assert_eq!((r.status, text(&r).as_str()), (200, "/next"), "{why}, {i}");
+        }
+        assert_eq!(up.accepts(), 2, "{why}: the refused connection was reused");
+        drop(c);
+        d.stop().await;
+        let rec = upstream_error_record(&d, &r);
+        assert!(
+            rec["reasons"].to_string().contains(why),
+            "{why}: the audit record says {rec}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bytes_after_an_answer_never_reach_the_next_request() {
+    // A complete answer, and a forged one right behind it in the same write.
+    let up = answering_bad_with(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\noneHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+    )
+    .await;
+    let d = gateway_to(up.addr, None).await;
+    let mut c = keep_alive(&d).await;
+    let r = exchange(&mut c, "GET", "/bad", "").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "one"));
+    for _ in 0..3 {
+        let r = exchange(&mut c, "GET", "/next", "").await;
+        assert_eq!((r.status, text(&r).as_str()), (200, "/next"));
+    }
+    assert_eq!(
+        up.accepts(),
+        2,
+        "the connection with stray bytes was reused"
+    );
+
+    // The same after a chunked body and after a bodiless 204.
+    for raw in [
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"[..],
+        b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+    ] {
+        let up = Upstream::serve(move |r| match r.head.target() {
+            "/bad" => Reply::raw(raw),
+            path => ok(path.as_bytes()),
+        })
+        .await;
+        let d = gateway_to(up.addr, None).await;
+        let mut c = keep_alive(&d).await;
+        let r = exchange(&mut c, "GET", "/bad", "").await;
+        assert!(r.status == 200 || r.status == 204, "{r:?}");
+        let r = exchange(&mut c, "GET", "/next", "").await;
+        assert_eq!((r.status, text(&r).as_str()), (200, "/next"));
+        assert_eq!(up.accepts(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_broken_chunked_body_aborts_that_response_only() {
+    // The head is fine; the body's second chunk is not followed by CRLF.
+    let up = answering_bad_with(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n3\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+    )
+    .await;
+    let d = gateway_to(up.addr, None).await;
+    let mut tls = within(10, "TLS connect", d.client().connect(Some(&d.alice()))).await;
+    tls.write_all(b"GET /bad HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = within(10, "GET /bad", tls.read_to_end(&mut got)).await;
+    // The fault is found after the status is decided: the client connection
+    // is cut, with at most the part before the fault, never the forgery,
+    // and never a clean end of a chunked body.
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.is_empty() || got.starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(!got.contains("forged"), "{got:?}");
+    assert!(!got.ends_with("0\r\n\r\n"), "{got:?}");
+    for _ in 0..3 {
+        let r = get(&d, "/next").await;
+        assert_eq!((r.status, text(&r).as_str()), (200, "/next"));
+    }
+    assert_eq!(up.accepts(), 2, "the broken connection was reused");
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped_and_closing_answers_are_honoured() {
+    let up = Upstream::serve(|r| match r.head.target() {
+        "/early" => Reply::raw(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+        ),
+        // Says it is the last answer but leaves the socket open.
+        "/last" => Reply::raw("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\nlast"),
+        // HTTP/1.0 without a length: the body runs to the close.
+        "/old" => Reply::raw("HTTP/1.0 200 OK\r\n\r\nuntil the end").then_close(),
+        path => ok(path.as_bytes()),
+    })
+    .await;
+    let d = gateway_to(up.addr, None).await;
+    let mut c = keep_alive(&d).await;
+    let r = exchange(&mut c, "GET", "/early", "").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "final"));
+    let r = exchange(&mut c, "GET", "/next", "").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "/next"));
+    assert_eq!(up.accepts(), 1, "interim answers cost the connection");
+
+    let r = exchange(&mut c, "GET", "/last", "").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "last"));
+    let r = within(10, "after /last", exchange(&mut c, "GET", "/next", "")).await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "/next"));
+    assert_eq!(
+        up.accepts(),
+        2,
+        "a connection the upstream called the last was reused"
+    );
+
+    let r = exchange(&mut c, "GET", "/old", "").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "until the end"));
+    let r = exchange(&mut c, "GET", "/next", "").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "/next"));
+    assert_eq!(up.accepts(), 3);
+}
