@@ -729,6 +729,9 @@ async fn forward(
     crate::session::strip_request_cookies(&mut parts.headers);
     parts.headers.remove(HOST);
     let h = &mut parts.headers;
+    // Room for the headers set below, so that the map grows (and rehashes)
+    // at most once.
+    h.reserve(8);
     if pooled {
         if let Some(v) = upstream.host.clone() {
             h.insert(HOST, v);

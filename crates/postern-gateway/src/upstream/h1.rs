@@ -149,7 +149,8 @@ pub(crate) fn parse_response(
     }
     let head = buf.split_to(len).freeze();
 
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the one header postern adds to every answer.
+    let mut headers = HeaderMap::with_capacity(count + 1);
     let mut length: Option<u64> = None;
     let mut te = TransferCoding::None;
     let mut close = false;
