@@ -6,7 +6,8 @@
 # For a before/after figure on a noisy shared VM: the three servers run side by side and are loaded
 # in turn (nginx, A, B, nginx, A, B, ...), so a slow stretch of the machine hits all three alike.
 #   nginx   Debian's nginx, TLS 1.3 + ssl_verify_client, 2 workers, one access-log line per request
-#           (the nearest equivalent to postern's audit record), upstream keep-alive   (:19444)
+#           (the nearest equivalent to postern's audit record; NGINX_LOG=0: no access log, the
+#           issue's strict baseline), upstream keep-alive                                  (:19444)
 #   A, B    `postern serve` on the demo config, upstream http://127.0.0.1:19000      (:19443, :19445)
 #   upstream nginx `return 200 "ok"`, 1 worker                                        (:19000)
 # Load: oha, N requests (default 60000) per run, 64 keep-alive connections, alice's certificate,
@@ -44,6 +45,7 @@ rm -f "$W/a/audit.jsonl" "$W/a/audit.jsonl.head"
 cp -r "$W/a" "$W/b"; sed -i 's/127.0.0.1:19443/127.0.0.1:19445/' "$W/b/postern.toml"
 D=$W/a; M=(--cacert "$D/ca.pem" --cert "$D/alice.pem" --key "$D/alice.key")
 
+NGLOG="access_log $W/log/nginx-audit.log audit;"; [ "${NGINX_LOG:-1}" = 0 ] && NGLOG="access_log off;"
 tmp="client_body_temp_path $W/nginx/b; proxy_temp_path $W/nginx/p; fastcgi_temp_path $W/nginx/f; uwsgi_temp_path $W/nginx/u; scgi_temp_path $W/nginx/s;"
 cat > "$W/nginx/up.conf" <<NG
 worker_processes 1; pid $W/nginx/up.pid; error_log $W/log/up.err warn;
@@ -59,7 +61,7 @@ http { access_log off; keepalive_requests 10000000; $tmp
   ssl_certificate $D/server.pem; ssl_certificate_key $D/server.key; ssl_protocols TLSv1.2 TLSv1.3;
   ssl_session_cache shared:SSL:10m; ssl_client_certificate $D/ca.pem; ssl_verify_client on; ssl_verify_depth 2;
   log_format audit '\$msec \$remote_addr "\$ssl_client_s_dn" \$ssl_client_verify \$ssl_protocol "\$request" \$status \$upstream_response_time';
-  server { listen 127.0.0.1:19444 ssl backlog=4096; access_log $W/log/nginx-audit.log audit;
+  server { listen 127.0.0.1:19444 ssl backlog=4096; $NGLOG
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Client-DN \$ssl_client_s_dn; proxy_set_header X-Client-Verify \$ssl_client_verify; } } }
 NG

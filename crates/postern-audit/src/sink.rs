@@ -809,7 +809,7 @@ impl Writer {
                 &prev,
             );
             prev.clear();
-            prev.push_str(&String::from_utf8_lossy(&hash));
+            prev.push_str(std::str::from_utf8(&hash).unwrap_or_default());
             need_sync |= entry.durable;
             written.push((entry, seq));
             seq += 1;

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE,
+};
 use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
@@ -728,35 +730,37 @@ async fn forward(
     headers::sanitize_request(&mut parts.headers, decision.upgrade_allowed);
     crate::session::strip_request_cookies(&mut parts.headers);
     parts.headers.remove(HOST);
-    let h = &mut parts.headers;
-    // Room for the headers set below, so that the map grows (and rehashes)
-    // at most once.
-    h.reserve(8);
+    // postern's own headers. The client's headers of these names are gone
+    // (sanitize_request strips them as identity headers, Host just above),
+    // so they are added, not replaced: into the map for the hyper-util
+    // client, written after the map by the pool's own (which also skips any
+    // map header of the same name).
+    let mut own: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(7);
     if pooled {
         if let Some(v) = upstream.host.clone() {
-            h.insert(HOST, v);
+            own.push((HOST, v));
         }
     }
     if let Some(v) = xff {
-        h.insert(crate::headers::X_FORWARDED_FOR, v);
+        own.push((crate::headers::X_FORWARDED_FOR, v));
     }
-    h.insert(
+    own.push((
         crate::headers::X_FORWARDED_PROTO,
         HeaderValue::from_static("https"),
-    );
+    ));
     if let Ok(v) = HeaderValue::from_str(host) {
-        h.insert(crate::headers::X_FORWARDED_HOST, v);
+        own.push((crate::headers::X_FORWARDED_HOST, v));
     }
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        h.insert(crate::headers::X_POSTERN_REQUEST_ID, v);
+        own.push((crate::headers::X_POSTERN_REQUEST_ID, v));
     }
     if let Some(p) = &identity.principal {
         if let Ok(v) = HeaderValue::from_str(p) {
-            h.insert(crate::headers::X_POSTERN_IDENTITY, v);
+            own.push((crate::headers::X_POSTERN_IDENTITY, v));
         }
     }
     if let Some(v) = auth_header(via) {
-        h.insert(crate::headers::X_POSTERN_AUTH, v);
+        own.push((crate::headers::X_POSTERN_AUTH, v));
     }
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
@@ -771,7 +775,9 @@ async fn forward(
             }
         };
         crate::workers::yield_if_busy().await;
-        let req = shared.pool.request(&upstream.authority, parts, payload);
+        let req = shared
+            .pool
+            .request(&upstream.authority, parts, own, payload);
         match tokio::time::timeout(shared.upstream_timeout, req).await {
             Err(_) => Sent::TimedOut,
             Ok(Err(e)) => Sent::Failed(e.to_string()),
@@ -780,6 +786,11 @@ async fn forward(
             Ok(Ok(r)) => Sent::Answered(r),
         }
     } else {
+        let h = &mut parts.headers;
+        h.reserve(own.len());
+        for (name, value) in own {
+            h.insert(name, value);
+        }
         let body: Body = match body {
             ForwardBody::Buffered(bytes) => {
                 parts

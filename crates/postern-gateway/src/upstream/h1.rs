@@ -37,27 +37,36 @@ pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
-/// Write the request head: request line, headers, postern's framing, blank
-/// line. `body_len` is the length of the body that follows.
+/// Write the request head: request line, `headers`, then `own` (postern's
+/// headers, which replace any of the same name in `headers`), postern's
+/// framing, blank line. `body_len` is the length of the body that follows.
 pub(crate) fn write_request_head(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    own: &[(HeaderName, HeaderValue)],
     body_len: usize,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            continue;
-        }
+    let mut line = |name: &HeaderName, value: &HeaderValue| {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || own.iter().any(|(n, _)| n == name)
+        {
+            continue;
+        }
+        line(name, value);
+    }
+    for (name, value) in own {
+        line(name, value);
     }
     // As hyper does: a length for any body, and an explicit zero where the
     // method is expected to carry one.
@@ -469,20 +478,25 @@ mod tests {
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.append("x-a", HeaderValue::from_static("1"));
         h.append("x-a", HeaderValue::from_static("2"));
+        h.append("x-postern-identity", HeaderValue::from_static("mallory"));
+        let own = [(
+            HeaderName::from_static("x-postern-identity"),
+            HeaderValue::from_static("alice"),
+        )];
         let mut out = Vec::new();
-        write_request_head(&mut out, &Method::GET, "/p?q=1", &h, 0);
+        write_request_head(&mut out, &Method::GET, "/p?q=1", &h, &own, 0);
         assert_eq!(
             String::from_utf8_lossy(&out),
-            "GET /p?q=1 HTTP/1.1\r\nhost: up:80\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
+            "GET /p?q=1 HTTP/1.1\r\nhost: up:80\r\nx-a: 1\r\nx-a: 2\r\nx-postern-identity: alice\r\n\r\n"
         );
         out.clear();
-        write_request_head(&mut out, &Method::POST, "/", &HeaderMap::new(), 0);
+        write_request_head(&mut out, &Method::POST, "/", &HeaderMap::new(), &[], 0);
         assert_eq!(
             String::from_utf8_lossy(&out),
             "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
         );
         out.clear();
-        write_request_head(&mut out, &Method::PUT, "/", &HeaderMap::new(), 12);
+        write_request_head(&mut out, &Method::PUT, "/", &HeaderMap::new(), &[], 12);
         assert!(out.ends_with(b"content-length: 12\r\n\r\n"));
     }
 

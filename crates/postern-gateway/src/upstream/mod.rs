@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -182,20 +182,25 @@ impl Pool {
         })
     }
 
-    /// Send a request (origin-form target, `Host` set) and its payload to
-    /// the upstream at `authority`, and wait for the response head. A
-    /// response body still to be read keeps the connection, and returns it
-    /// to the pool when it ends.
+    /// Send a request (origin-form target), postern's own headers `own`
+    /// (`Host` among them; they replace any of the same name in `parts`) and
+    /// its payload to the upstream at `authority`, and wait for the response
+    /// head. A response body still to be read keeps the connection, and
+    /// returns it to the pool when it ends.
     pub async fn request(
         self: &Arc<Self>,
         authority: &Authority,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
+        own: Vec<(HeaderName, HeaderValue)>,
         payload: Payload,
     ) -> Result<Response<Body>, UpstreamError> {
         match payload {
-            Payload::Empty => self.exchange(authority, &parts, Bytes::new()).await,
-            Payload::Full(body) => self.exchange(authority, &parts, body).await,
+            Payload::Empty => self.exchange(authority, &parts, &own, Bytes::new()).await,
+            Payload::Full(body) => self.exchange(authority, &parts, &own, body).await,
             Payload::Stream(body) => {
+                for (name, value) in own {
+                    parts.headers.insert(name, value);
+                }
                 Box::pin(self.exchange_streaming(authority, Request::from_parts(parts, body))).await
             }
         }
@@ -207,14 +212,24 @@ impl Pool {
         self: &Arc<Self>,
         authority: &Authority,
         parts: &http::request::Parts,
+        own: &[(HeaderName, HeaderValue)],
         body: Bytes,
     ) -> Result<Response<Body>, UpstreamError> {
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let inline = body.len() <= INLINE_BODY;
         let mut out = Vec::with_capacity(
-            128 + target.len() + parts.headers.len() * 64 + if inline { body.len() } else { 0 },
+            128 + target.len()
+                + (parts.headers.len() + own.len()) * 64
+                + if inline { body.len() } else { 0 },
         );
-        h1::write_request_head(&mut out, &parts.method, target, &parts.headers, body.len());
+        h1::write_request_head(
+            &mut out,
+            &parts.method,
+            target,
+            &parts.headers,
+            own,
+            body.len(),
+        );
         if inline {
             out.extend_from_slice(&body);
         }

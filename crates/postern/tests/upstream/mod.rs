@@ -931,11 +931,14 @@ async fn a_broken_chunked_body_aborts_that_response_only() {
     assert!(got.is_empty() || got.starts_with("HTTP/1.1 200"), "{got:?}");
     assert!(!got.contains("forged"), "{got:?}");
     assert!(!got.ends_with("0\r\n\r\n"), "{got:?}");
+    // Reused, the broken connection would answer with the forgery. (The
+    // client connections may land on either worker, each with its own
+    // pool: hence at least one new upstream connection, not exactly one.)
     for _ in 0..3 {
         let r = get(&d, "/next").await;
         assert_eq!((r.status, text(&r).as_str()), (200, "/next"));
     }
-    assert_eq!(up.accepts(), 2, "the broken connection was reused");
+    assert!(up.accepts() >= 2, "{} upstream connections", up.accepts());
 }
 
 #[tokio::test]
