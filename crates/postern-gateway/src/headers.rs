@@ -66,7 +66,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// One of [`HOP_BY_HOP`]? Header names are lower-case, so this is a plain
 /// comparison; scanning the (few) headers once is cheaper than removing
 /// each hop-by-hop name, which parses and hashes it every time.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 

@@ -23,7 +23,7 @@
 //! Postern writes the request's own framing from the body it holds: any
 //! `Content-Length` or `Transfer-Encoding` in the header map is dropped.
 
-use std::ops::Range;
+use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -122,9 +122,12 @@ pub(crate) fn parse_response(
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Option<Head>, WireError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+    // Not initialized up front: httparse fills what it parses.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
             return Err(WireError::HeadTooLarge)
@@ -143,31 +146,32 @@ pub(crate) fn parse_response(
     let code = resp.code.unwrap_or(0);
     let status =
         StatusCode::from_u16(code).map_err(|_| WireError::Malformed(httparse::Error::Status))?;
-    // Where each name and value sits in `buf`, so that the values can share
-    // the head's bytes once it is split off.
+    // Where each name and value sits in `buf` (the head is at most 64 KiB),
+    // so that the values can share the head's bytes once it is split off.
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| {
         let start = (s.as_ptr() as usize).wrapping_sub(base);
-        start..start + s.len()
+        (start as u32, (start + s.len()) as u32)
     };
-    let mut spans: [(Range<usize>, Range<usize>); MAX_HEADERS] =
-        std::array::from_fn(|_| (0..0, 0..0));
+    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
     let count = resp.headers.len();
     for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
         *span = (at(h.name.as_bytes()), at(h.value));
     }
     let head = buf.split_to(len).freeze();
+    let bytes_at = |(a, b): (u32, u32)| a as usize..b as usize;
 
     // Room for the one header postern adds to every answer.
     let mut headers = HeaderMap::with_capacity(count + 1);
     let mut length: Option<u64> = None;
     let mut te = TransferCoding::None;
     let mut close = false;
-    for (name, value) in spans.iter().take(count) {
-        let name_bytes = head.get(name.clone()).unwrap_or_default();
+    let mut connection = false;
+    for &(name, value) in spans.iter().take(count) {
+        let name_bytes = head.get(bytes_at(name)).unwrap_or_default();
         let name = HeaderName::from_bytes(name_bytes)
             .map_err(|_| WireError::Header(String::from_utf8_lossy(name_bytes).into_owned()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
+        let value = HeaderValue::from_maybe_shared(head.slice(bytes_at(value)))
             .map_err(|_| WireError::Header(name.as_str().to_string()))?;
         if name == CONTENT_LENGTH {
             length = Some(content_length(value.as_bytes(), length)?);
@@ -175,8 +179,28 @@ pub(crate) fn parse_response(
             te = te.then(value.as_bytes())?;
         } else if name == CONNECTION {
             close |= has_token(value.as_bytes(), b"close");
+            connection = true;
         }
-        headers.append(name, value);
+        // Hop-by-hop headers end here, as the gateway would drop them anyway
+        // (`headers::sanitize_response`, which still runs).
+        if !crate::headers::is_hop_by_hop(&name) {
+            headers.append(name, value);
+        }
+    }
+    // So do the headers `Connection` names (rare beyond close/keep-alive).
+    if connection {
+        for &(name, value) in spans.iter().take(count) {
+            let name_bytes = head.get(bytes_at(name)).unwrap_or_default();
+            if !name_bytes.eq_ignore_ascii_case(b"connection") {
+                continue;
+            }
+            let value = head.get(bytes_at(value)).unwrap_or_default();
+            for token in value.split(|&b| b == b',').map(trim) {
+                if let Ok(listed) = HeaderName::from_bytes(token) {
+                    headers.remove(&listed);
+                }
+            }
+        }
     }
 
     let no_body = head_request
@@ -512,6 +536,20 @@ mod tests {
         assert_eq!(h.headers.get_all("set-cookie").iter().count(), 2);
         assert_eq!(h.headers["server"], "x");
         assert_eq!(&buf[..], b"okNEXT");
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_stay_behind() {
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\nX-Secret: s\r\nX-Kept: k\r\nTransfer-Encoding: chunked\r\nUpgrade: h2c\r\nProxy-Authenticate: Basic\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<&str> = h.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(h.keep_alive);
     }
 
     #[test]
