@@ -117,11 +117,6 @@ impl AuditEvent {
     /// left as it was.
     pub fn encode_json(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         let start = buf.len();
-        buf.reserve(384);
-        buf.extend_from_slice(b"{\"ts\":\"");
-        write_ts(buf, self.ts);
-        buf.extend_from_slice(b"\",\"kind\":");
-        json_str(buf, self.kind);
         let fields: [(&str, &Option<String>); 12] = [
             ("request_id", &self.request_id),
             ("peer", &self.peer),
@@ -136,6 +131,20 @@ impl AuditEvent {
             ("cert_fingerprint", &self.cert_fingerprint),
             ("decision", &self.decision),
         ];
+        // The whole record in one allocation (escapes aside): a decision
+        // record is about 600 bytes.
+        let need = 96
+            + self.kind.len()
+            + fields
+                .iter()
+                .filter_map(|(n, v)| v.as_ref().map(|v| n.len() + v.len() + 6))
+                .sum::<usize>()
+            + self.reasons.iter().map(|r| r.len() + 3).sum::<usize>();
+        buf.reserve(need);
+        buf.extend_from_slice(b"{\"ts\":\"");
+        write_ts(buf, self.ts);
+        buf.extend_from_slice(b"\",\"kind\":");
+        json_str(buf, self.kind);
         for (name, value) in fields {
             if let Some(v) = value {
                 key(buf, name);

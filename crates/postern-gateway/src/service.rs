@@ -751,7 +751,9 @@ async fn forward(
     if let Ok(v) = HeaderValue::from_str(host) {
         own.push((crate::headers::X_FORWARDED_HOST, v));
     }
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+    // One value for the request and the answer (a clone shares its bytes).
+    let request_id = HeaderValue::from_str(&ctx.request_id).ok();
+    if let Some(v) = request_id.clone() {
         own.push((crate::headers::X_POSTERN_REQUEST_ID, v));
     }
     if let Some(p) = &identity.principal {
@@ -844,7 +846,7 @@ async fn forward(
     let (mut rparts, rbody) = resp.into_parts();
     headers::sanitize_response(&mut rparts.headers, switching);
     crate::session::strip_response_cookies(&mut rparts.headers);
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+    if let Some(v) = request_id {
         rparts
             .headers
             .insert(crate::headers::X_POSTERN_REQUEST_ID, v);
