@@ -978,3 +978,65 @@ async fn interim_answers_are_skipped_and_closing_answers_are_honoured() {
     assert_eq!((r.status, text(&r).as_str()), (200, "/next"));
     assert_eq!(up.accepts(), 3);
 }
+
+// k. An opt-out's verified body is the body the upstream gets.
+
+#[tokio::test]
+async fn a_verified_webhook_reaches_the_upstream_with_exactly_its_verified_body() {
+    let up =
+        Upstream::serve(|r| ok(format!("{} {}", r.body.len(), digest(&r.body)).as_bytes())).await;
+    let d = gateway_to(up.addr, None).await;
+    let body = br#"{"event":"paid","amount":42}"#;
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let sig = sign_webhook(&d.path("webhook.secret"), ts, body);
+    let ts = ts.to_string();
+    let headers = [
+        ("x-postern-timestamp", ts.as_str()),
+        ("x-postern-signature", sig.as_str()),
+    ];
+    let r = within(
+        10,
+        "webhook",
+        d.client()
+            .request(None, "POST", "/webhooks/demo", &headers, body),
+    )
+    .await;
+    assert_eq!(
+        (r.status, text(&r)),
+        (200, format!("{} {}", body.len(), digest(body)))
+    );
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    let h = &seen[0].head;
+    // One length, postern's own, and no second framing for the upstream to
+    // read the body (or a smuggled request after it) differently.
+    assert_eq!(h.all("content-length"), [body.len().to_string().as_str()]);
+    assert!(h.all("transfer-encoding").is_empty(), "{h:?}");
+    assert_eq!(h.get("x-postern-auth"), Some("optout:demo-webhook"));
+    assert_eq!(seen[0].body, body);
+
+    // A signed body cannot carry a second request behind it: the gateway
+    // refuses a request that frames its body two ways before any opt-out.
+    let r = within(
+        10,
+        "webhook with two framings",
+        d.client().raw(
+            None,
+            &format!(
+                "POST /webhooks/demo HTTP/1.1\nHost: localhost\nx-postern-timestamp: {ts}\nx-postern-signature: {sig}\nContent-Length: {}\nTransfer-Encoding: chunked\n",
+                body.len()
+            ),
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "the doubly framed request reached the upstream"
+    );
+}
