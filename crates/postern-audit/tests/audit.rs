@@ -649,6 +649,19 @@ fn head_seq(path: &Path) -> u64 {
     json(&std::fs::read(head).unwrap())["seq"].as_u64().unwrap()
 }
 
+/// The seq the head file names, once there is one (at most 5 s).
+async fn wait_for_head(path: &Path) -> u64 {
+    let mut head = path.to_path_buf().into_os_string();
+    head.push(".head");
+    for _ in 0..100 {
+        if std::path::Path::new(&head).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    head_seq(path)
+}
+
 async fn wait_for_seq(log: &AuditLog, seq: u64) {
     for _ in 0..500 {
         if log.last_seq() >= seq {
@@ -675,14 +688,18 @@ async fn the_head_file_moves_at_most_once_per_interval_and_catches_up() {
         },
     )
     .unwrap();
+    // No head can be written twice before `started + interval`: the first
+    // is written after this instant, the next one an interval after that.
+    let started = std::time::Instant::now();
     // The start record and 19 more: a checkpoint after every 4 records, so
     // the log ends with checkpoint 25.
     for i in 0..19 {
         log.append(event(i)).await;
     }
     wait_for_seq(&log, 25).await;
-    let first = head_seq(&path);
-    let started = std::time::Instant::now();
+    // The first head is written at once, but after the batch that made
+    // the log reach seq 25 is published: wait for the file.
+    let first = wait_for_head(&path).await;
     let fsyncs = log.fsync_count();
     // 20 more: the log ends with checkpoint 50.
     for i in 19..39 {
