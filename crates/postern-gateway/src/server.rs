@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use postern_audit::{AuditEvent, AuditLog, AuditOptions};
 use postern_policy::{Config, Policy};
@@ -326,12 +326,14 @@ pub async fn start(config: &Config, policy: Policy) -> Result<RunningGateway, Ga
     }
     let workers = crate::workers::Workers::per_core(config.gateway.placement)
         .map_err(|e| GatewayError::Config(format!("starting connection workers: {e}")))?;
+    let header_read_timeout = Duration::from_secs(config.gateway.header_read_timeout_secs.get());
     let task = tokio::spawn(accept_loop(
         workers,
         listener,
         acceptor,
         shared.clone(),
         stop_rx,
+        header_read_timeout,
     ));
     Ok(RunningGateway {
         local_addr,
@@ -381,12 +383,27 @@ async fn accept_loop(
     acceptor: Arc<ArcSwap<TlsAcceptor>>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    header_read_timeout: Duration,
 ) {
     // Each connection holds a clone of `live`; the drain below ends when the
     // last one is dropped.
     let (live, mut drained) = tokio::sync::mpsc::channel::<()>(1);
-    let auto = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    let http1 = Arc::new(hyper::server::conn::http1::Builder::new());
+    // An HTTP/1.1 client gets `header_read_timeout` to send each request
+    // head, counted from when the connection starts waiting for it: a
+    // slow-header client, or an idle keep-alive connection, is closed then
+    // (nginx: client_header_timeout, keepalive_timeout). hyper arms one
+    // timer per request head for it.
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    auto.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    auto.http2().timer(TokioTimer::new());
+    let auto = Arc::new(auto);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let http1 = Arc::new(http1);
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {

@@ -90,6 +90,12 @@ pub struct GatewayConfig {
     /// connection stays on its worker).
     #[serde(default)]
     pub placement: Placement,
+    /// Seconds an HTTP/1.1 client has to send a whole request head,
+    /// counted from when the connection starts waiting for one (so an idle
+    /// keep-alive connection is closed after this long too). Slow-header
+    /// clients (slowloris) cannot hold connections open. Read at start.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: std::num::NonZeroU64,
 }
 
 /// How connections are placed on the per-core workers.
@@ -117,6 +123,7 @@ impl Default for GatewayConfig {
             max_buffered_body_bytes: default_max_body_bytes(),
             upstream_timeout_secs: default_upstream_timeout(),
             placement: Placement::default(),
+            header_read_timeout_secs: default_header_read_timeout(),
         }
     }
 }
@@ -132,6 +139,9 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_upstream_timeout() -> u64 {
     30
+}
+fn default_header_read_timeout() -> std::num::NonZeroU64 {
+    std::num::NonZeroU64::MIN.saturating_add(29)
 }
 
 /// `[admin]`: plain HTTP on loopback, `GET /metrics` (Prometheus text format).
@@ -654,6 +664,24 @@ source_cidrs = ["127.0.0.0/8", "::1/128"]
         assert_eq!(d.column, 1);
         assert_eq!(d.field, "optout.expire");
         assert!(d.message.contains("expire"), "{d}");
+    }
+
+    #[test]
+    fn header_read_timeout_defaults_to_30_s_and_zero_is_refused_with_its_line() {
+        let c = Config::parse(Path::new("p.toml"), EXAMPLE).unwrap();
+        assert_eq!(c.gateway.header_read_timeout_secs.get(), 30);
+        let text = "[gateway]\nlisten = \"127.0.0.1:8443\"\nheader_read_timeout_secs = 0\n";
+        let d = Config::parse(Path::new("p.toml"), text).unwrap_err();
+        assert_eq!(d[0].line, 3, "{}", d[0]);
+        assert!(d[0].message.contains("nonzero"), "{}", d[0]);
+        let text = EXAMPLE.replacen(
+            "[gateway]\n",
+            "[gateway]\nheader_read_timeout_secs = 5\n",
+            1,
+        );
+        assert_ne!(text, EXAMPLE);
+        let c = Config::parse(Path::new("p.toml"), &text).unwrap();
+        assert_eq!(c.gateway.header_read_timeout_secs.get(), 5);
     }
 
     #[test]

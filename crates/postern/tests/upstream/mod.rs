@@ -1040,3 +1040,82 @@ async fn a_verified_webhook_reaches_the_upstream_with_exactly_its_verified_body(
         "the doubly framed request reached the upstream"
     );
 }
+
+// l. Clients that hold a connection without sending a request.
+
+/// The demo gateway in front of `upstream`, with `[gateway]
+/// header_read_timeout_secs = 1`.
+async fn gateway_with_a_1s_header_timeout(upstream: SocketAddr) -> Demo {
+    let dir = demo_dir();
+    let path = dir.path().join("postern.toml");
+    let config = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "url = \"builtin:echo\"",
+            &format!("url = \"http://{upstream}\""),
+        )
+        .replacen(
+            "[gateway]\n",
+            "[gateway]\nheader_read_timeout_secs = 1\n",
+            1,
+        );
+    assert!(config.contains("header_read_timeout_secs = 1"));
+    std::fs::write(&path, config).unwrap();
+    Demo::start_in(dir).await
+}
+
+/// Read until the gateway closes the connection; what it sent.
+async fn until_closed<S: AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut got = Vec::new();
+    let _ = within(
+        10,
+        "the gateway closing the connection",
+        s.read_to_end(&mut got),
+    )
+    .await;
+    got
+}
+
+#[tokio::test]
+async fn slow_headers_and_idle_keep_alive_connections_are_closed_but_slow_upstreams_are_not() {
+    let up = Upstream::serve(|r| match r.head.target() {
+        "/slow" => ok(b"worth the wait").after(Duration::from_millis(2500)),
+        path => ok(path.as_bytes()),
+    })
+    .await;
+    let d = gateway_with_a_1s_header_timeout(up.addr).await;
+
+    // A head that never ends (slowloris): closed after the timeout, and
+    // nothing reached the upstream.
+    let started = Instant::now();
+    let mut tls = within(10, "TLS connect", d.client().connect(Some(&d.alice()))).await;
+    tls.write_all(b"GET /private HTTP/1.1\r\nHost: localh")
+        .await
+        .unwrap();
+    let got = until_closed(&mut tls).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert!(!String::from_utf8_lossy(&got).contains(" 200 "), "{got:?}");
+    assert!(
+        up.seen().is_empty(),
+        "a partial request reached the upstream"
+    );
+
+    // An idle keep-alive connection: one answer, then closed.
+    let mut c = keep_alive(&d).await;
+    let r = exchange(&mut c, "GET", "/private/1", "").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "/private/1"));
+    let rest = until_closed(&mut c.s).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+
+    // The timeout is for request heads only: an upstream slower than it
+    // still answers, and a request sent in time is served.
+    let mut c = keep_alive(&d).await;
+    let r = exchange(&mut c, "GET", "/slow", "").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "worth the wait"));
+    let r = exchange(&mut c, "GET", "/private/2", "").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "/private/2"));
+}
