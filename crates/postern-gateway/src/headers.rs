@@ -147,12 +147,18 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
         .cloned()
         .collect();
     for v in &listed {
-        let Ok(v) = v.to_str() else { continue };
-        for token in v.split(',') {
-            let token = token.trim();
-            if !token.is_empty() {
-                headers.remove(token);
-            }
+        if v.to_str().is_ok() {
+            remove_named_by(headers, v.as_bytes());
+        }
+    }
+}
+
+/// Remove every header one `Connection` value names: its comma-separated
+/// tokens, in any case; a token that is no header name names nothing.
+pub(crate) fn remove_named_by(headers: &mut HeaderMap, connection: &[u8]) {
+    for token in connection.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if let Ok(name) = HeaderName::from_bytes(token) {
+            headers.remove(&name);
         }
     }
 }

@@ -195,11 +195,7 @@ pub(crate) fn parse_response(
                 continue;
             }
             let value = head.get(bytes_at(value)).unwrap_or_default();
-            for token in value.split(|&b| b == b',').map(trim) {
-                if let Ok(listed) = HeaderName::from_bytes(token) {
-                    headers.remove(&listed);
-                }
-            }
+            crate::headers::remove_named_by(&mut headers, value);
         }
     }
 

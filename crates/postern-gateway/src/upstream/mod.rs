@@ -294,25 +294,13 @@ impl Pool {
                 self.done(authority, tcp, keep_alive && buf.is_empty());
                 crate::respond::full(data)
             }
-            Framing::Length(n) => Body::new(RawBody::new(
+            // The rest is read as the body is, and the connection goes with
+            // it (an answer that runs to the close is never `keep_alive`).
+            framing => Body::new(RawBody::new(
                 tcp,
                 buf,
-                BodyState::Length(n),
+                BodyState::of(framing),
                 keep_alive,
-                (self.clone(), authority.clone()),
-            )),
-            Framing::Chunked => Body::new(RawBody::new(
-                tcp,
-                buf,
-                BodyState::Chunked(ChunkedDecoder::default()),
-                keep_alive,
-                (self.clone(), authority.clone()),
-            )),
-            Framing::UntilClose => Body::new(RawBody::new(
-                tcp,
-                buf,
-                BodyState::UntilClose,
-                false,
                 (self.clone(), authority.clone()),
             )),
         };
@@ -543,6 +531,18 @@ enum BodyState {
     Length(u64),
     Chunked(ChunkedDecoder),
     UntilClose,
+}
+
+impl BodyState {
+    /// What is left to read of a body framed so.
+    fn of(framing: Framing) -> BodyState {
+        match framing {
+            Framing::Empty => BodyState::Length(0),
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+            Framing::UntilClose => BodyState::UntilClose,
+        }
+    }
 }
 
 /// A response body read from the connection, which it holds; once read to
