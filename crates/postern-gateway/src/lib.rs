@@ -9,6 +9,7 @@ pub mod certs;
 pub mod consent;
 pub mod console;
 pub mod echo;
+pub mod h1serve;
 pub mod headers;
 pub mod metrics;
 pub mod oidc;

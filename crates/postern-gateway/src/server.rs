@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -19,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::authn::{Authenticator, JwtVerifier, PeerCert};
+use crate::h1serve::ReqBody;
 use crate::service::{handle, ConnInfo};
 use crate::{Runtime, Shared, Upstream};
 
@@ -452,8 +455,10 @@ async fn accept_loop(
             };
             let h2 = session.alpn_protocol() == Some(b"h2");
             let conn = Arc::new(ConnInfo::new(peer, cert, tls_version));
-            let svc = service_fn(move |req| handle(shared.clone(), conn.clone(), req));
             if h2 {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    handle(shared.clone(), conn.clone(), req.map(ReqBody::Hyper))
+                });
                 let fut = auto.serve_connection_with_upgrades(TokioIo::new(tls), svc);
                 tokio::pin!(fut);
                 tokio::select! {
@@ -463,17 +468,11 @@ async fn accept_loop(
                 let _ = fut.await;
             } else {
                 // HTTP/1.1 (ALPN said so, or said nothing: h2 over TLS needs
-                // ALPN, RFC 9113 §3.2): served directly, without the version
-                // sniffing and read-back buffer of the auto builder.
-                let fut = http1
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .with_upgrades();
-                tokio::pin!(fut);
-                tokio::select! {
-                    _ = fut.as_mut() => return,
-                    _ = stop.changed() => fut.as_mut().graceful_shutdown(),
-                }
-                let _ = fut.await;
+                // ALPN, RFC 9113 §3.2): bodyless requests in postern's own
+                // lane, the rest of the connection from the first other
+                // request by hyper (`h1serve`).
+                let svc = move |req| handle(shared.clone(), conn.clone(), req);
+                crate::h1serve::serve(tls, svc, http1, header_read_timeout, stop).await;
             }
         });
     }

@@ -22,6 +22,8 @@ use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+
+use crate::h1serve::ReqBody;
 use postern_audit::AuditEvent;
 use postern_policy::{decide, AuthVia, Condition, Decision, Identity, RequestFacts, Verdict};
 use time::OffsetDateTime;
@@ -173,7 +175,7 @@ fn extra_insert(ev: &mut AuditEvent, key: &str, value: serde_json::Value) {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, Infallible> {
     let _in_flight = crate::workers::InFlight::enter();
     let now = OffsetDateTime::now_utc();
@@ -211,7 +213,7 @@ type Answer = Result<Response<Body>, Response<Body>>;
 async fn pipeline(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     now: OffsetDateTime,
     ctx: &mut Ctx,
 ) -> Answer {
@@ -1096,7 +1098,7 @@ async fn hold_body(parts: &http::request::Parts, body: ForwardBody) -> crate::oi
 }
 
 /// Discard up to `limit` bytes of a body within 10 s.
-async fn drain(mut body: Incoming, limit: usize) {
+async fn drain(mut body: ReqBody, limit: usize) {
     let mut seen = 0usize;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while seen <= limit {
@@ -1110,7 +1112,7 @@ async fn drain(mut body: Incoming, limit: usize) {
 /// The request body on its way upstream: streamed, or buffered because it
 /// had to be verified before it was forwarded.
 enum ForwardBody {
-    Streaming(Incoming),
+    Streaming(ReqBody),
     Buffered(Bytes),
 }
 
@@ -1123,7 +1125,7 @@ async fn renew(
     conn: &ConnInfo,
     ca: &crate::certs::CertAuthority,
     parts: &http::request::Parts,
-    body: Incoming,
+    body: ReqBody,
     identity: &Identity,
     now: OffsetDateTime,
     ctx: &mut Ctx,
@@ -1237,7 +1239,7 @@ async fn consent_endpoint(
     store: &crate::consent::ConsentStore,
     policy: &postern_policy::Policy,
     parts: &http::request::Parts,
-    body: Incoming,
+    body: ReqBody,
     query: Option<&str>,
     path: &postern_policy::NormalizedPath,
     viewer: Option<crate::consent::Viewer>,

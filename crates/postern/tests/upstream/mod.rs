@@ -1119,3 +1119,103 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed_but_slow_upstre
     let r = exchange(&mut c, "GET", "/private/2", "").await;
     assert_eq!((r.status, text(&r).as_str()), (200, "/private/2"));
 }
+
+// m. One client connection, requests with and without a body. postern
+// serves bodyless requests itself and hands the connection to hyper at the
+// first request that may have a body (`h1serve`): the answers stay in
+// order, and a body is never read as a request.
+
+#[tokio::test]
+async fn pipelined_requests_with_and_without_bodies_are_answered_in_order_and_no_body_becomes_a_request(
+) {
+    let up = Upstream::serve(|r| {
+        ok(format!("{} {} {}", r.head.method(), r.head.target(), r.body.len()).as_bytes())
+    })
+    .await;
+    let d = gateway_to(up.addr, None).await;
+    let mut c = keep_alive(&d).await;
+    let r = exchange(&mut c, "GET", "/private/a", "").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "GET /private/a 0"));
+
+    // In one write: a GET, a POST whose body is a request, a GET.
+    let inner = "GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let pipelined = format!(
+        "GET /private/b HTTP/1.1\r\nHost: localhost\r\n\r\n\
+         POST /private/c HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{inner}\
+         GET /private/d HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        inner.len()
+    );
+    c.s.write_all(pipelined.as_bytes()).await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let r = within(10, "a pipelined answer", c.response(false)).await;
+        answers.push((r.status, text(&r)));
+    }
+    let want = |s: &str| (200u16, s.to_string());
+    assert_eq!(
+        answers,
+        [
+            want("GET /private/b 0"),
+            want(&format!("POST /private/c {}", inner.len())),
+            want("GET /private/d 0"),
+        ]
+    );
+    // The connection goes on serving, and closes when asked to.
+    let r = exchange(&mut c, "HEAD", "/private/e", "").await;
+    assert_eq!(r.status, 200);
+    let r = exchange(&mut c, "GET", "/private/f", "Connection: close\r\n").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "GET /private/f 0"));
+    assert_eq!(r.header("connection"), Some("close"));
+    let rest = until_closed(&mut c.s).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+
+    let seen: Vec<String> = up.seen().iter().map(|r| r.head.line.clone()).collect();
+    assert_eq!(
+        seen,
+        [
+            "GET /private/a HTTP/1.1",
+            "GET /private/b HTTP/1.1",
+            "POST /private/c HTTP/1.1",
+            "GET /private/d HTTP/1.1",
+            "HEAD /private/e HTTP/1.1",
+            "GET /private/f HTTP/1.1",
+        ]
+    );
+    assert_eq!(up.seen()[2].body, inner.as_bytes());
+}
+
+#[tokio::test]
+async fn the_bodyless_lane_answers_bad_requests_as_before() {
+    let up = Upstream::serve(|r| ok(r.head.target().as_bytes())).await;
+    let d = gateway_to(up.addr, None).await;
+    // A bare `Content-Length: 0` GET, HTTP/1.0, a malformed head and an
+    // absolute-form target go to hyper; the answers are hyper's and the
+    // gateway's, as they were before the lane.
+    let r = alice(
+        &d,
+        "GET /private/zero HTTP/1.1\nHost: localhost\nContent-Length: 0\n",
+        b"",
+    )
+    .await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "/private/zero"));
+    let r = alice(&d, "GET /private/old HTTP/1.0\nHost: localhost\n", b"").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "/private/old"));
+    let r = alice(
+        &d,
+        "GET /private/x HTTP/1.1\nHost: localhost\nBad Header: x\n",
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    // Identity headers a client sends are stripped in the lane too.
+    let r = alice(
+        &d,
+        "GET /private/who HTTP/1.1\nHost: localhost\nX-Postern-Identity: mallory\nX-Forwarded-User: mallory\n",
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let last = up.seen().pop().unwrap();
+    assert_eq!(last.head.get("x-postern-identity"), Some("alice"));
+    assert_eq!(last.head.get("x-forwarded-user"), None);
+}
