@@ -155,8 +155,15 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
 
 /// Remove every header one `Connection` value names: its comma-separated
 /// tokens, in any case; a token that is no header name names nothing.
+///
+/// `keep-alive`, on nearly every upstream answer, is skipped: a header of
+/// that name is hop-by-hop and goes in any case, and parsing the token would
+/// allocate a name for nothing.
 pub(crate) fn remove_named_by(headers: &mut HeaderMap, connection: &[u8]) {
     for token in connection.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if token.eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        }
         if let Ok(name) = HeaderName::from_bytes(token) {
             headers.remove(&name);
         }

@@ -117,7 +117,31 @@ thread_local! {
     static IDLE: RefCell<IdleMap> = RefCell::new(HashMap::default());
 }
 
-type IdleMap = HashMap<(usize, Authority), VecDeque<Idle>, BuildHasherDefault<KeyHasher>>;
+type IdleMap = HashMap<Key, VecDeque<Idle>, BuildHasherDefault<KeyHasher>>;
+
+/// An idle map's key: a pool, and an upstream's authority compared and
+/// hashed by its exact bytes. They come from the configuration, the same
+/// bytes every time; `Authority`'s own comparison lower-cases byte by byte.
+#[derive(Clone)]
+struct Key {
+    pool: usize,
+    authority: Authority,
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.pool == other.pool && self.authority.as_str() == other.authority.as_str()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_usize(self.pool);
+        h.write(self.authority.as_str().as_bytes());
+    }
+}
 /// The idle map's hasher. Its keys come from the configuration, never from a
 /// request, so it needs no protection against chosen collisions; SipHash
 /// cost ~1,400 instructions per request here, because `Authority` hashes
@@ -169,7 +193,7 @@ impl Drop for Pool {
         let id = self.id;
         let _ = IDLE.try_with(|idle| {
             if let Ok(mut m) = idle.try_borrow_mut() {
-                m.retain(|(pool, _), _| *pool != id);
+                m.retain(|key, _| key.pool != id);
             }
         });
     }
@@ -368,7 +392,10 @@ impl Pool {
     /// The most recently used idle connection that is still open.
     async fn checkout(&self, authority: &Authority) -> Option<TcpStream> {
         loop {
-            let key = (self.id, authority.clone());
+            let key = Key {
+                pool: self.id,
+                authority: authority.clone(),
+            };
             let idle = IDLE
                 .try_with(|idle| {
                     let mut map = idle.try_borrow_mut().ok()?;
@@ -391,7 +418,11 @@ impl Pool {
             let Ok(mut map) = idle.try_borrow_mut() else {
                 return;
             };
-            let list = map.entry((self.id, authority)).or_default();
+            let key = Key {
+                pool: self.id,
+                authority,
+            };
+            let list = map.entry(key).or_default();
             let now = Instant::now();
             prune(list, now);
             if list.len() < MAX_IDLE_PER_UPSTREAM {
