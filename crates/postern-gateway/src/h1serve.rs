@@ -101,6 +101,16 @@ impl HttpBody for ReqBody {
     }
 }
 
+/// What answers a connection's requests. Its future borrows it, so the lane
+/// clones nothing per request (an `Arc` shared by every connection would
+/// have its count bounce between the cores).
+pub trait Handler: Send + Sync + 'static {
+    fn call(
+        &self,
+        req: Request<ReqBody>,
+    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + '_;
+}
+
 /// What [`parse_request`] made of the bytes at the start of a buffer.
 #[derive(Debug)]
 // Returned once per request and taken apart at once: boxing the request
@@ -367,23 +377,22 @@ fn format_http_date(secs: u64) -> [u8; 29] {
 /// Serve one HTTP/1.1 connection: the lane while requests are bodyless,
 /// then hyper (`hyper_h1`) for the rest of it from the first that is not.
 /// `svc` answers each request; `stop` turning true is a graceful shutdown.
-pub(crate) async fn serve<IO, F, Fut>(
+pub(crate) async fn serve<IO, H>(
     io: IO,
-    svc: F,
+    svc: H,
     hyper_h1: Arc<hyper::server::conn::http1::Builder>,
     header_read_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<ReqBody>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    H: Handler,
 {
     let mut lane = Lane {
         io,
         buf: BytesMut::with_capacity(8 * 1024),
         out: BytesMut::with_capacity(8 * 1024),
     };
-    match lane.run(&svc, header_read_timeout, &mut stop).await {
+    match lane.run(&svc, header_read_timeout, &stop).await {
         End::Closed => {}
         End::Close => {
             let _ = lane.io.shutdown().await;
@@ -402,8 +411,10 @@ pub(crate) async fn serve<IO, F, Fut>(
                 pre,
                 inner: lane.io,
             };
+            let svc = Arc::new(svc);
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                svc(req.map(ReqBody::Hyper))
+                let svc = svc.clone();
+                async move { svc.call(req.map(ReqBody::Hyper)).await }
             });
             let fut = hyper_h1
                 .serve_connection(TokioIo::new(io), svc)
@@ -420,6 +431,19 @@ pub(crate) async fn serve<IO, F, Fut>(
             let _ = fut.await;
         }
     }
+}
+
+/// What ended a wait for request bytes.
+enum Woke {
+    Read(io::Result<usize>),
+    Timer,
+    Stop,
+}
+
+/// The gateway is shutting down (or its stop signal is gone): a lock-free
+/// look at the signal's version.
+fn stopping(stop: &watch::Receiver<bool>) -> bool {
+    !matches!(stop.has_changed(), Ok(false))
 }
 
 /// How the lane left a connection.
@@ -441,22 +465,34 @@ struct Lane<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Lane<IO> {
-    async fn run<F, Fut>(
+    async fn run<H: Handler>(
         &mut self,
-        svc: &F,
+        svc: &H,
         header_read_timeout: Duration,
-        stop: &mut watch::Receiver<bool>,
-    ) -> End
-    where
-        F: Fn(Request<ReqBody>) -> Fut,
-        Fut: Future<Output = Result<Response<Body>, Infallible>>,
-    {
+        stop: &watch::Receiver<bool>,
+    ) -> End {
         // One timer for the connection. It is re-armed lazily: each head
         // only moves `deadline`, and when the timer fires before it, the
         // timer is set to it (no timer-wheel work per request).
         let mut deadline = Instant::now() + header_read_timeout;
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
+        // The stop signal wakes this task through one registration made
+        // here and kept for the connection; between wake-ups a stop is seen
+        // by an atomic load (`stopping`). Polling `changed()` while waiting
+        // for each head would take the signal's waiter lock, shared by
+        // every connection, two or three times per request.
+        if *stop.borrow() {
+            return End::Close;
+        }
+        let mut watcher = stop.clone();
+        let registered = watcher.changed();
+        tokio::pin!(registered);
+        let stopped_already =
+            std::future::poll_fn(|cx| Poll::Ready(registered.as_mut().poll(cx).is_ready())).await;
+        if stopped_already {
+            return End::Close;
+        }
         loop {
             let mut waiting = false;
             let (req, close) = loop {
@@ -468,31 +504,38 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Lane<IO> {
                 if !waiting {
                     waiting = true;
                     deadline = Instant::now() + header_read_timeout;
-                    if self.buf.is_empty() && *stop.borrow() {
-                        return End::Close;
-                    }
                 }
-                tokio::select! {
-                    biased;
-                    r = self.io.read_buf(&mut self.buf) => match r {
-                        Ok(0) | Err(_) => return End::Closed,
-                        Ok(_) => {}
-                    },
-                    () = &mut timer => {
-                        if Instant::now() >= deadline {
-                            return End::Close;
-                        }
-                        timer.as_mut().reset(deadline);
+                let (io, buf) = (&mut self.io, &mut self.buf);
+                let woke = std::future::poll_fn(|cx| {
+                    if stopping(stop) {
+                        return Poll::Ready(Woke::Stop);
                     }
-                    _ = stop.changed() => return End::Close,
+                    let read = io.read_buf(buf);
+                    tokio::pin!(read);
+                    if let Poll::Ready(r) = read.poll(cx) {
+                        return Poll::Ready(Woke::Read(r));
+                    }
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Woke::Timer),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await;
+                match woke {
+                    Woke::Read(Ok(0) | Err(_)) => return End::Closed,
+                    Woke::Read(Ok(_)) => {}
+                    Woke::Timer if Instant::now() >= deadline => return End::Close,
+                    Woke::Timer => timer.as_mut().reset(deadline),
+                    // Mid-head or idle: nothing is in flight.
+                    Woke::Stop => return End::Close,
                 }
             };
             let head_request = req.method() == Method::HEAD;
-            let resp = match svc(req).await {
+            let resp = match svc.call(req).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
-            let close = close || *stop.borrow();
+            let close = close || stopping(stop);
             if self.respond(resp, head_request, close).await.is_err() {
                 return End::Closed;
             }
@@ -892,11 +935,32 @@ mod tests {
     // The lane and the handover, driven over an in-memory connection.
 
     /// Answers `METHOD path body-length` (a body read in full).
-    async fn echo(req: Request<ReqBody>) -> Result<Response<Body>, Infallible> {
-        let (parts, body) = req.into_parts();
-        let n = body.collect().await.map_or(0, |b| b.to_bytes().len());
-        let text = format!("{} {} {n}", parts.method, parts.uri);
-        Ok(Response::new(crate::respond::full(text)))
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn call(&self, req: Request<ReqBody>) -> Result<Response<Body>, Infallible> {
+            let (parts, body) = req.into_parts();
+            let n = body.collect().await.map_or(0, |b| b.to_bytes().len());
+            let text = format!("{} {} {n}", parts.method, parts.uri);
+            Ok(Response::new(crate::respond::full(text)))
+        }
+    }
+
+    /// Answers every request with a [`Dribble`] of `chunks`.
+    struct Dribbler {
+        chunks: Vec<Bytes>,
+        hint: Option<u64>,
+    }
+
+    impl Handler for Dribbler {
+        async fn call(&self, _req: Request<ReqBody>) -> Result<Response<Body>, Infallible> {
+            let body = Dribble {
+                chunks: self.chunks.clone(),
+                hint: self.hint,
+                pending: false,
+            };
+            Ok(Response::new(BodyExt::boxed(body)))
+        }
     }
 
     fn start(
@@ -909,7 +973,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (stop_tx, stop) = watch::channel(false);
         let h1 = Arc::new(hyper::server::conn::http1::Builder::new());
-        let task = tokio::spawn(serve(server, echo, h1, timeout, stop));
+        let task = tokio::spawn(serve(server, Echo, h1, timeout, stop));
         (client, stop_tx, task)
     }
 
@@ -1082,14 +1146,7 @@ mod tests {
             .collect();
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let (_stop_tx, stop) = watch::channel(false);
-        let svc = move |_req: Request<ReqBody>| {
-            let body = Dribble {
-                chunks: chunks.clone(),
-                hint,
-                pending: false,
-            };
-            async move { Ok(Response::new(BodyExt::boxed(body))) }
-        };
+        let svc = Dribbler { chunks, hint };
         let h1 = Arc::new(hyper::server::conn::http1::Builder::new());
         tokio::spawn(serve(server, svc, h1, Duration::from_secs(30), stop));
         client

@@ -457,7 +457,8 @@ async fn accept_loop(
             let conn = Arc::new(ConnInfo::new(peer, cert, tls_version));
             if h2 {
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    handle(shared.clone(), conn.clone(), req.map(ReqBody::Hyper))
+                    let (shared, conn) = (shared.clone(), conn.clone());
+                    async move { handle(&shared, &conn, req.map(ReqBody::Hyper)).await }
                 });
                 let fut = auto.serve_connection_with_upgrades(TokioIo::new(tls), svc);
                 tokio::pin!(fut);
@@ -471,7 +472,7 @@ async fn accept_loop(
                 // ALPN, RFC 9113 §3.2): bodyless requests in postern's own
                 // lane, the rest of the connection from the first other
                 // request by hyper (`h1serve`).
-                let svc = move |req| handle(shared.clone(), conn.clone(), req);
+                let svc = Connection { shared, conn };
                 crate::h1serve::serve(tls, svc, http1, header_read_timeout, stop).await;
             }
         });
@@ -483,6 +484,24 @@ async fn accept_loop(
         .is_err()
     {
         tracing::warn!("in-flight requests did not drain within {DRAIN_TIMEOUT:?}");
+    }
+}
+
+/// One HTTP/1.1 connection's requests, answered by the gateway.
+struct Connection {
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+}
+
+impl crate::h1serve::Handler for Connection {
+    fn call(
+        &self,
+        req: Request<ReqBody>,
+    ) -> impl std::future::Future<
+        Output = Result<http::Response<crate::Body>, std::convert::Infallible>,
+    > + Send
+           + '_ {
+        handle(&self.shared, &self.conn, req)
     }
 }
 

@@ -172,9 +172,12 @@ fn extra_insert(ev: &mut AuditEvent, key: &str, value: serde_json::Value) {
 }
 
 /// Entry point for every request on a connection.
+///
+/// It borrows the gateway and the connection: cloning the `Arc<Shared>` for
+/// every request would bounce its reference count between the cores.
 pub async fn handle(
-    shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
     req: Request<ReqBody>,
 ) -> Result<Response<Body>, Infallible> {
     let _in_flight = crate::workers::InFlight::enter();
@@ -191,7 +194,7 @@ pub async fn handle(
         set_cookies: Vec::new(),
         risk: None,
     };
-    let mut resp = match pipeline(&shared, &conn, req, now, &mut ctx).await {
+    let mut resp = match pipeline(shared, conn, req, now, &mut ctx).await {
         Ok(resp) => resp,
         Err(resp) => resp,
     };
