@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 /// Most messages one batch drains from the queue.
@@ -210,8 +210,10 @@ struct Entry {
     /// Must be fsynced before the batch is acknowledged.
     durable: bool,
     waiter: Option<DurableReply>,
-    /// Held by non-durable records until they are on disk (bounds memory).
-    _permit: Option<OwnedSemaphorePermit>,
+    /// A non-durable record holds one of the queue's permits until it is on
+    /// disk (bounds memory). Taken with `forget` and given back by the
+    /// writer, a batch at a time: no `Arc` clone and no release per record.
+    counted: bool,
 }
 
 enum Msg {
@@ -260,6 +262,7 @@ impl AuditLog {
         let shared = Arc::new(Shared::default());
         shared.last_seq.store(next_seq - 1, Ordering::Relaxed);
         let key_id = key_id(&key.verifying_key());
+        let permits = Arc::new(Semaphore::new(opts.queue_capacity));
         let mut writer = Writer {
             path: path.to_owned(),
             head_path: crate::verify::head_path_of(path),
@@ -280,6 +283,7 @@ impl AuditLog {
             retained: VecDeque::new(),
             opts: opts.clone(),
             shared: shared.clone(),
+            permits: permits.clone(),
         };
 
         let mut start = AuditEvent::now(kind::START);
@@ -297,7 +301,7 @@ impl AuditLog {
                     event: start,
                     durable: true,
                     waiter: None,
-                    _permit: None,
+                    counted: false,
                 }],
                 false,
             )
@@ -320,7 +324,7 @@ impl AuditLog {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 tx,
-                permits: Arc::new(Semaphore::new(opts.queue_capacity)),
+                permits,
                 shared,
             }),
         })
@@ -345,7 +349,7 @@ impl AuditLog {
             event,
             durable: true,
             waiter: Some(reply),
-            _permit: None,
+            counted: false,
         });
         self.inner.tx.send(msg).map_err(|_| self.closed())?;
         answer.await.unwrap_or_else(|_| Err(self.closed()))
@@ -367,18 +371,18 @@ impl AuditLog {
         let event = Self::encode(ev);
         async move {
             let Some(event) = event else { return };
-            let permit = match self.inner.permits.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => match self.inner.permits.clone().acquire_owned().await {
-                    Ok(p) => p,
+            match self.inner.permits.try_acquire() {
+                Ok(p) => p.forget(),
+                Err(_) => match self.inner.permits.acquire().await {
+                    Ok(p) => p.forget(),
                     Err(_) => return, // the semaphore is never closed
                 },
-            };
+            }
             let msg = Msg::Append(Entry {
                 event,
                 durable: false,
                 waiter: None,
-                _permit: Some(permit),
+                counted: true,
             });
             if self.inner.tx.send(msg).is_err() {
                 tracing::error!(path = %self.inner.path.display(), "audit record appended after close discarded");
@@ -594,6 +598,8 @@ struct Writer {
     retained: VecDeque<Entry>,
     opts: AuditOptions,
     shared: Arc<Shared>,
+    /// The queue's permits, given back once records are on disk.
+    permits: Arc<Semaphore>,
 }
 
 impl Writer {
@@ -875,10 +881,15 @@ impl Writer {
         self.since_checkpoint = since;
         self.shared.last_seq.store(seq - 1, Ordering::Release);
         self.shared.failing.store(false, Ordering::Release);
+        let mut on_disk = 0;
         for (entry, seq) in written {
+            on_disk += usize::from(entry.counted);
             if let Some(w) = entry.waiter {
                 let _ = w.send(Ok(seq));
             }
+        }
+        if on_disk > 0 {
+            self.permits.add_permits(on_disk);
         }
         match (last_checkpoint, head_now) {
             (Some((from, to)), true) => {

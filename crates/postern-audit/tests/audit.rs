@@ -835,3 +835,53 @@ proptest! {
         prop_assert!(verify_file(&path, &key.verifying_key()).is_err(), "changed byte {} went unnoticed", i);
     }
 }
+
+#[tokio::test]
+async fn a_full_queue_waits_until_records_are_on_disk_and_then_flows_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = generate_signing_key();
+    let log = AuditLog::open(
+        &path,
+        key.clone(),
+        AuditOptions {
+            checkpoint_every: 1000,
+            idle_checkpoint: Duration::from_millis(20),
+            queue_capacity: 2,
+        },
+    )
+    .unwrap();
+    // Many more records than the queue holds: each permit comes back once
+    // its record is written, so none of these waits for long.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        for i in 0..200 {
+            log.append(event(i)).await;
+        }
+    })
+    .await
+    .expect("the queue's permits come back as records are written");
+
+    // While the file cannot be written, the queue fills and an append waits.
+    log.append_durable(event(1000)).await.unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    log.append(event(1001)).await;
+    log.append(event(1002)).await;
+    let third = tokio::time::timeout(Duration::from_millis(300), log.append(event(1003))).await;
+    assert!(third.is_err(), "a third record fits in a queue of 2");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), log.append(event(1004)))
+        .await
+        .expect("the queue drains once the file is writable again");
+    log.close().await.unwrap();
+
+    verify_file(&path, &key.verifying_key()).unwrap();
+    let ids: Vec<String> = read_lines(&path)
+        .iter()
+        .filter_map(|l| json(l)["request_id"].as_str().map(str::to_owned))
+        .collect();
+    let want: Vec<String> = (0..200)
+        .chain([1000, 1001, 1002, 1004])
+        .map(|i| format!("req-{i}"))
+        .collect();
+    assert_eq!(ids, want, "every record, in order, none lost");
+}
