@@ -32,18 +32,41 @@ const BUCKETS: [f64; 17] = [
     0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// A histogram with fixed buckets; observations are lock-free.
-pub struct Histogram {
+/// Per-request series are kept in this many shards, one per thread (by a
+/// thread's first use), summed at scrape time: every request updating the
+/// same counters would bounce their cache lines between the cores.
+const SHARDS: usize = 8;
+
+/// This thread's shard.
+fn shard() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.try_with(|s| *s).unwrap_or(0)
+}
+
+/// One shard of a [`Histogram`], on cache lines of its own.
+#[repr(align(128))]
+struct HistShard {
     /// Non-cumulative counts per bucket; the last slot is `+Inf`.
     counts: [AtomicU64; BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
 }
 
+/// A histogram with fixed buckets; observations are lock-free.
+pub struct Histogram {
+    shards: [HistShard; SHARDS],
+}
+
 impl Default for Histogram {
     fn default() -> Self {
         Histogram {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_nanos: AtomicU64::new(0),
+            shards: std::array::from_fn(|_| HistShard {
+                counts: std::array::from_fn(|_| AtomicU64::new(0)),
+                sum_nanos: AtomicU64::new(0),
+            }),
         }
     }
 }
@@ -55,11 +78,22 @@ impl Histogram {
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(BUCKETS.len());
-        if let Some(c) = self.counts.get(idx) {
+        let Some(shard) = self.shards.get(shard()) else {
+            return;
+        };
+        if let Some(c) = shard.counts.get(idx) {
             c.fetch_add(1, Ordering::Relaxed);
         }
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        shard.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations in bucket `i` (the last is `+Inf`), over every shard.
+    fn count(&self, i: usize) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.counts.get(i).map_or(0, |c| c.load(Ordering::Relaxed)))
+            .sum()
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
@@ -67,15 +101,17 @@ impl Histogram {
         let _ = writeln!(out, "# TYPE {name} histogram");
         let mut cumulative = 0u64;
         for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.counts.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+            cumulative += self.count(i);
             let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
         }
-        cumulative += self
-            .counts
-            .get(BUCKETS.len())
-            .map_or(0, |c| c.load(Ordering::Relaxed));
+        cumulative += self.count(BUCKETS.len());
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = self
+            .shards
+            .iter()
+            .map(|s| s.sum_nanos.load(Ordering::Relaxed))
+            .fold(0u64, u64::wrapping_add) as f64
+            / 1e9;
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {cumulative}");
     }
@@ -84,8 +120,8 @@ impl Histogram {
 /// Every series postern exports.
 #[derive(Default)]
 pub struct Metrics {
-    /// decision → route → count.
-    requests: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+    /// decision → route → count, per shard (see [`SHARDS`]).
+    requests: [RequestShard; SHARDS],
     /// rule → count.
     optout_uses: Mutex<BTreeMap<String, u64>>,
     pub decision_duration: Histogram,
@@ -101,6 +137,11 @@ pub struct Metrics {
     alerts_failed: AtomicU64,
 }
 
+/// One shard of the request counts, on cache lines of its own.
+#[derive(Default)]
+#[repr(align(128))]
+struct RequestShard(Mutex<BTreeMap<String, BTreeMap<String, u64>>>);
+
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
     let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
     *m.entry(key).or_insert(0) += 1;
@@ -114,10 +155,37 @@ impl Metrics {
         }
     }
 
+    /// `postern_requests_total`'s samples, summed over the shards.
+    fn render_requests(&self, out: &mut String) {
+        let mut m: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for shard in &self.requests {
+            let part = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+            for (decision, routes) in part.iter() {
+                let sum = m.entry(decision.clone()).or_default();
+                for (route, n) in routes {
+                    *sum.entry(route.clone()).or_insert(0) += n;
+                }
+            }
+        }
+        for (decision, routes) in m.iter() {
+            for (route, n) in routes {
+                let _ = writeln!(
+                    out,
+                    "postern_requests_total{{decision=\"{}\",route=\"{}\"}} {n}",
+                    escape(decision),
+                    escape(route)
+                );
+            }
+        }
+    }
+
     /// One answered request (the final decision; `route` empty when none matched).
     pub fn request(&self, decision: &str, route: &str) {
         // Allocates only the first time a (decision, route) pair is seen.
-        let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(shard) = self.requests.get(shard()) else {
+            return;
+        };
+        let mut m = shard.0.lock().unwrap_or_else(|e| e.into_inner());
         let routes = match m.get_mut(decision) {
             Some(routes) => routes,
             None => m.entry(decision.to_string()).or_default(),
@@ -193,19 +261,7 @@ impl Metrics {
             "counter",
             "Requests answered, by final decision and route.",
         );
-        {
-            let m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-            for (decision, routes) in m.iter() {
-                for (route, n) in routes {
-                    let _ = writeln!(
-                        out,
-                        "postern_requests_total{{decision=\"{}\",route=\"{}\"}} {n}",
-                        escape(decision),
-                        escape(route)
-                    );
-                }
-            }
-        }
+        self.render_requests(&mut out);
         header_line(
             &mut out,
             "postern_optout_uses_total",
@@ -417,5 +473,43 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"5\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn counts_from_many_threads_add_up_across_shards() {
+        let m = Metrics::new();
+        std::thread::scope(|s| {
+            for t in 0..(2 * SHARDS) {
+                let m = &m;
+                s.spawn(move || {
+                    for _ in 0..100 {
+                        m.request("allow", if t % 2 == 0 { "a" } else { "b" });
+                        m.decision_duration.observe(Duration::from_millis(1));
+                    }
+                });
+            }
+        });
+        let mut out = String::new();
+        m.render_requests(&mut out);
+        let n = 100 * SHARDS;
+        assert!(
+            out.contains(&format!(
+                "postern_requests_total{{decision=\"allow\",route=\"a\"}} {n}\n"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "postern_requests_total{{decision=\"allow\",route=\"b\"}} {n}\n"
+            )),
+            "{out}"
+        );
+        let mut out = String::new();
+        m.decision_duration.render(&mut out, "d", "help");
+        assert!(out.contains(&format!("d_count {}\n", 2 * n)), "{out}");
+        assert!(
+            out.contains(&format!("d_sum {}\n", (2 * n) as f64 / 1000.0)),
+            "{out}"
+        );
     }
 }
