@@ -61,6 +61,8 @@ use crate::Body;
 pub(crate) const MAX_HEADERS: usize = 100;
 /// Bytes the lane accepts in one request head; a longer one goes to hyper.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// How long a clean close (TLS close_notify) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Answer bytes gathered before they are written.
 const WRITE_CHUNK: usize = 64 * 1024;
 
@@ -395,7 +397,9 @@ pub(crate) async fn serve<IO, H>(
     match lane.run(&svc, header_read_timeout, &stop).await {
         End::Closed => {}
         End::Close => {
-            let _ = lane.io.shutdown().await;
+            // close_notify, bounded: a client that reads nothing must not
+            // hold the connection by leaving the alert unsent.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, lane.io.shutdown()).await;
         }
         End::Handover(taken) => {
             let pre = match taken {
