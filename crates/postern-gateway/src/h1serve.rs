@@ -1181,3 +1181,200 @@ mod tests {
         assert!(got.ends_with("\r\n\r\nab"), "{got}");
     }
 }
+
+/// The lane against hyper on the same bytes: whatever the lane accepts,
+/// hyper's HTTP/1 server reads as the same request (method, target and
+/// every header, in order). The lane makes no parsing decision of its own.
+#[cfg(test)]
+mod differential {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Mutex;
+
+    type Seen = (String, String, Vec<(String, Vec<u8>)>);
+
+    fn seen_by_lane(req: &Request<ReqBody>) -> Seen {
+        (
+            req.method().to_string(),
+            req.uri().to_string(),
+            req.headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    /// The first request hyper's server reads from `raw`, if any.
+    fn seen_by_hyper(raw: &[u8]) -> Option<Seen> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(256 * 1024);
+            let got: Arc<Mutex<Option<Seen>>> = Arc::default();
+            let keep = got.clone();
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let seen = (
+                    req.method().to_string(),
+                    req.uri().to_string(),
+                    req.headers()
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                        .collect(),
+                );
+                let mut slot = keep.lock().unwrap();
+                if slot.is_none() {
+                    *slot = Some(seen);
+                }
+                async { Ok::<_, Infallible>(Response::new(crate::respond::full("ok"))) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server), svc);
+            let task = tokio::spawn(conn);
+            client.write_all(raw).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut sink = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut sink)).await;
+            task.abort();
+            let seen = got.lock().unwrap().take();
+            seen
+        })
+    }
+
+    /// Mostly one of `usual`, sometimes one of `odd`.
+    fn mostly(usual: Vec<&'static str>, odd: Vec<&'static str>) -> BoxedStrategy<&'static str> {
+        prop_oneof![
+            8 => prop::sample::select(usual),
+            1 => prop::sample::select(odd),
+        ]
+        .boxed()
+    }
+
+    fn head() -> impl Strategy<Value = Vec<u8>> {
+        let method = mostly(
+            vec!["GET", "HEAD", "DELETE", "OPTIONS", "PURGE"],
+            vec!["get", "G@T", "", "GET ", "CONNECT", "M\u{e4}"],
+        );
+        let target = mostly(
+            vec![
+                "/",
+                "/a/b?c=d",
+                "/%2e%2e/x",
+                "//x",
+                "/a;b",
+                "/?",
+                "/%00",
+                "/a?b=/c",
+            ],
+            vec![
+                "/a#b",
+                "/a<b",
+                "*",
+                "http://h/x",
+                "/\u{e4}",
+                "/a b",
+                "/a\tb",
+                "",
+                "h:1",
+            ],
+        );
+        let version = mostly(
+            vec!["HTTP/1.1"],
+            vec!["HTTP/1.0", "HTTP/1.2", "http/1.1", "HTTP/2"],
+        );
+        let name = mostly(
+            vec![
+                "Host",
+                "host",
+                "X-A",
+                "x_a",
+                "Connection",
+                "Authorization",
+                "Cookie",
+                "x-a",
+            ],
+            vec![
+                "X-A ",
+                " X-A",
+                "Content-Length",
+                "Transfer-Encoding",
+                "Upgrade",
+                "X\u{e4}",
+                "X:Y",
+                "",
+                "Expect",
+                "TE",
+                "X\u{0}",
+            ],
+        );
+        let value = mostly(
+            vec![
+                "v",
+                "",
+                " v ",
+                "a, b",
+                "close",
+                "keep-alive, Close",
+                "a\tb",
+                "0",
+                "a  b",
+            ],
+            vec![
+                "\u{e4}", "a\u{0}b", "a\rb", "x\r\n y", "\u{7f}", "h2c", "chunked",
+            ],
+        );
+        let eol = mostly(vec!["\r\n"], vec!["\n", "\r"]);
+        (
+            method,
+            target,
+            version,
+            prop::collection::vec((name, value, eol.clone()), 0..6),
+            eol,
+        )
+            .prop_map(|(m, t, v, headers, end)| {
+                let mut raw = format!("{m} {t} {v}\r\n");
+                for (n, val, e) in headers {
+                    raw.push_str(&format!("{n}: {val}{e}"));
+                }
+                raw.push_str(end);
+                raw.into_bytes()
+            })
+    }
+
+    #[test]
+    fn the_comparison_sees_requests_and_differences() {
+        let raw = b"GET /a?b HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-a: 2\r\n\r\n";
+        let mut buf = BytesMut::from(&raw[..]);
+        let Parsed::Request { req, .. } = parse_request(&mut buf) else {
+            panic!("not read")
+        };
+        let lane = seen_by_lane(&req);
+        assert_eq!(lane.2.len(), 3);
+        assert_eq!(Some(lane.clone()), seen_by_hyper(raw));
+        assert_ne!(
+            Some(lane),
+            seen_by_hyper(b"GET /a?b HTTP/1.1\r\nHost: h\r\n\r\n")
+        );
+        assert_eq!(
+            seen_by_hyper(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"),
+            None
+        );
+    }
+
+    // About half of these heads are ones the lane takes (the rest it hands
+    // over, which is hyper's business); each is compared with hyper's reading.
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+        #[test]
+        fn whatever_the_lane_reads_hyper_reads_the_same(raw in head()) {
+            let mut buf = BytesMut::from(&raw[..]);
+            if let Parsed::Request { req, .. } = parse_request(&mut buf) {
+                let lane = seen_by_lane(&req);
+                let hyper = seen_by_hyper(&raw);
+                prop_assert_eq!(Some(lane), hyper, "{:?}", String::from_utf8_lossy(&raw));
+            }
+        }
+    }
+}
