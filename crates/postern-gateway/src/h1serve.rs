@@ -1193,7 +1193,8 @@ mod differential {
 
     type Seen = (String, String, Vec<(String, Vec<u8>)>);
 
-    fn seen_by_lane(req: &Request<ReqBody>) -> Seen {
+    /// What a request says: method, target, every header in order.
+    fn seen<B>(req: &Request<B>) -> Seen {
         (
             req.method().to_string(),
             req.uri().to_string(),
@@ -1215,14 +1216,7 @@ mod differential {
             let got: Arc<Mutex<Option<Seen>>> = Arc::default();
             let keep = got.clone();
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let seen = (
-                    req.method().to_string(),
-                    req.uri().to_string(),
-                    req.headers()
-                        .iter()
-                        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                        .collect(),
-                );
+                let seen = seen(&req);
                 let mut slot = keep.lock().unwrap();
                 if slot.is_none() {
                     *slot = Some(seen);
@@ -1350,7 +1344,7 @@ mod differential {
         let Parsed::Request { req, .. } = parse_request(&mut buf) else {
             panic!("not read")
         };
-        let lane = seen_by_lane(&req);
+        let lane = seen(&req);
         assert_eq!(lane.2.len(), 3);
         assert_eq!(Some(lane.clone()), seen_by_hyper(raw));
         assert_ne!(
@@ -1371,7 +1365,7 @@ mod differential {
         fn whatever_the_lane_reads_hyper_reads_the_same(raw in head()) {
             let mut buf = BytesMut::from(&raw[..]);
             if let Parsed::Request { req, .. } = parse_request(&mut buf) {
-                let lane = seen_by_lane(&req);
+                let lane = seen(&req);
                 let hyper = seen_by_hyper(&raw);
                 prop_assert_eq!(Some(lane), hyper, "{:?}", String::from_utf8_lossy(&raw));
             }
