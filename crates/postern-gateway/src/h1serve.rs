@@ -13,7 +13,8 @@
 //! hyper, with every byte read so far, at the first request that is not:
 //! - a head httparse (strict defaults, the same parser and settings hyper
 //!   uses) cannot read, or one over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`];
-//! - anything but HTTP/1.1, an origin-form target (`/…`), or `CONNECT`;
+//! - a version other than HTTP/1.1, a target not in origin form (`/…`),
+//!   or the `CONNECT` method;
 //! - any `Content-Length` or `Transfer-Encoding` (even `0`): the lane only
 //!   serves requests that have no body by RFC 9112 §6.3, so it can never
 //!   misjudge where a body ends and read part of one as the next request;
@@ -21,7 +22,9 @@
 //!
 //! hyper then serves the rest of the connection exactly as it would have
 //! from the start, so everything the lane does not take keeps hyper's
-//! behaviour (its 400 for a bad head, its body framing checks).
+//! behaviour (its 400 for a bad head, its body framing checks). What the
+//! lane does take, hyper reads as the same request (method, target, every
+//! header in order): the `differential` property test checks it.
 //!
 //! Invariants of the lane:
 //! - an answer's framing is postern's own: `Content-Length` from a body of
