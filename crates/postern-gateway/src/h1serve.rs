@@ -58,6 +58,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::upstream::h1::{has_token, Span};
 use crate::Body;
 
 /// Header lines the lane accepts in one request head (hyper's default).
@@ -160,14 +161,9 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::Handover { taken: None };
     };
-    // Where the target, each name and each value sit in `buf` (at most
-    // 64 KiB), so that they can share the head's bytes once it is split off.
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| {
-        let start = (s.as_ptr() as usize).wrapping_sub(base);
-        (start as u32, (start + s.len()) as u32)
-    };
-    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
+    // Where the target, each name and each value sit, so that they can
+    // share the head's bytes once it is split off.
+    let mut spans = [(Span::default(), Span::default()); MAX_HEADERS];
     let count = req.headers.len();
     let mut close = false;
     for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
@@ -189,13 +185,12 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
         if needs_hyper {
             return Parsed::Handover { taken: None };
         }
-        *span = (at(name), at(h.value));
+        *span = (Span::of(buf, name), Span::of(buf, h.value));
     }
-    let target = at(target.as_bytes());
+    let target = Span::of(buf, target.as_bytes());
     let head = buf.split_to(len).freeze();
-    let range = |(a, b): (u32, u32)| a as usize..b as usize;
-    let uri = match head.get(range(target)) {
-        Some(_) => Uri::from_maybe_shared(head.slice(range(target))),
+    let uri = match head.get(target.range()) {
+        Some(_) => Uri::from_maybe_shared(head.slice(target.range())),
         None => return Parsed::Handover { taken: Some(head) },
     };
     let Ok(uri) = uri else {
@@ -204,15 +199,15 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
     let mut headers = HeaderMap::with_capacity(count);
     for &(name, value) in spans.iter().take(count) {
         let Some(name) = head
-            .get(range(name))
+            .get(name.range())
             .and_then(|n| HeaderName::from_bytes(n).ok())
         else {
             return Parsed::Handover { taken: Some(head) };
         };
-        if head.get(range(value)).is_none() {
+        if head.get(value.range()).is_none() {
             return Parsed::Handover { taken: Some(head) };
         }
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(range(value))) else {
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(value.range())) else {
             return Parsed::Handover { taken: Some(head) };
         };
         headers.append(name, value);
@@ -222,13 +217,6 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     Parsed::Request { req, close }
-}
-
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|t| {
-        let t = t.trim_ascii();
-        t.eq_ignore_ascii_case(token)
-    })
 }
 
 /// How an answer's body is delimited on the wire.
@@ -272,7 +260,9 @@ pub(crate) fn write_response_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let keep_length = framing == Framing::None;
+    let mut dated = false;
     for (name, value) in headers {
+        dated |= *name == DATE;
         // A HEAD/204/304 answer may state the length it would have had.
         if (*name == CONTENT_LENGTH && !keep_length)
             || *name == TRANSFER_ENCODING
@@ -285,7 +275,7 @@ pub(crate) fn write_response_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(DATE) {
+    if !dated {
         out.extend_from_slice(b"date: ");
         http_date(out);
         out.extend_from_slice(b"\r\n");

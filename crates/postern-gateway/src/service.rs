@@ -22,13 +22,12 @@ use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-
-use crate::h1serve::ReqBody;
 use postern_audit::AuditEvent;
 use postern_policy::{decide, AuthVia, Condition, Decision, Identity, RequestFacts, Verdict};
 use time::OffsetDateTime;
 
 use crate::authn::{CredentialDetails, PeerCert};
+use crate::h1serve::ReqBody;
 use crate::headers;
 use crate::respond;
 use crate::session::SessionState;

@@ -146,20 +146,14 @@ pub(crate) fn parse_response(
     let code = resp.code.unwrap_or(0);
     let status =
         StatusCode::from_u16(code).map_err(|_| WireError::Malformed(httparse::Error::Status))?;
-    // Where each name and value sits in `buf` (the head is at most 64 KiB),
-    // so that the values can share the head's bytes once it is split off.
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| {
-        let start = (s.as_ptr() as usize).wrapping_sub(base);
-        (start as u32, (start + s.len()) as u32)
-    };
-    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
+    // Where each name and value sits, so that the values can share the
+    // head's bytes once it is split off.
+    let mut spans = [(Span::default(), Span::default()); MAX_HEADERS];
     let count = resp.headers.len();
     for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        *span = (at(h.name.as_bytes()), at(h.value));
+        *span = (Span::of(buf, h.name.as_bytes()), Span::of(buf, h.value));
     }
     let head = buf.split_to(len).freeze();
-    let bytes_at = |(a, b): (u32, u32)| a as usize..b as usize;
 
     // Room for the one header postern adds to every answer.
     let mut headers = HeaderMap::with_capacity(count + 1);
@@ -168,10 +162,10 @@ pub(crate) fn parse_response(
     let mut close = false;
     let mut connection = false;
     for &(name, value) in spans.iter().take(count) {
-        let name_bytes = head.get(bytes_at(name)).unwrap_or_default();
+        let name_bytes = head.get(name.range()).unwrap_or_default();
         let name = HeaderName::from_bytes(name_bytes)
             .map_err(|_| WireError::Header(String::from_utf8_lossy(name_bytes).into_owned()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(bytes_at(value)))
+        let value = HeaderValue::from_maybe_shared(head.slice(value.range()))
             .map_err(|_| WireError::Header(name.as_str().to_string()))?;
         if name == CONTENT_LENGTH {
             length = Some(content_length(value.as_bytes(), length)?);
@@ -190,11 +184,11 @@ pub(crate) fn parse_response(
     // So do the headers `Connection` names (rare beyond close/keep-alive).
     if connection {
         for &(name, value) in spans.iter().take(count) {
-            let name_bytes = head.get(bytes_at(name)).unwrap_or_default();
+            let name_bytes = head.get(name.range()).unwrap_or_default();
             if !name_bytes.eq_ignore_ascii_case(b"connection") {
                 continue;
             }
-            let value = head.get(bytes_at(value)).unwrap_or_default();
+            let value = head.get(value.range()).unwrap_or_default();
             crate::headers::remove_named_by(&mut headers, value);
         }
     }
@@ -235,6 +229,24 @@ pub(crate) fn parse_response(
         framing,
         keep_alive,
     }))
+}
+
+/// Where a part of a head sits in the buffer it was parsed from (a head of
+/// at most 64 KiB), as offsets that stay valid once the head is split off
+/// and frozen: its names and values can then share the head's bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Span(u32, u32);
+
+impl Span {
+    /// `part`, a slice of `buf`, as a span of it.
+    pub(crate) fn of(buf: &[u8], part: &[u8]) -> Span {
+        let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+        Span(start as u32, (start + part.len()) as u32)
+    }
+
+    pub(crate) fn range(self) -> std::ops::Range<usize> {
+        self.0 as usize..self.1 as usize
+    }
 }
 
 /// The transfer codings named so far, in order.
@@ -300,7 +312,8 @@ fn trim(s: &[u8]) -> &[u8] {
     }
 }
 
-fn has_token(value: &[u8], token: &[u8]) -> bool {
+/// Whether a comma-separated header value lists `token` (in any case).
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .any(|t| trim(t).eq_ignore_ascii_case(token))

@@ -36,7 +36,7 @@
 //! `https` upstreams and protocol upgrades (WebSocket) keep using the
 //! hyper-util client ([`crate::UpstreamClient`]).
 
-mod h1;
+pub(crate) mod h1;
 
 pub use h1::WireError;
 
