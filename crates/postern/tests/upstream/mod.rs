@@ -1219,3 +1219,36 @@ async fn the_bodyless_lane_answers_bad_requests_as_before() {
     assert_eq!(last.head.get("x-postern-identity"), Some("alice"));
     assert_eq!(last.head.get("x-forwarded-user"), None);
 }
+
+#[tokio::test]
+async fn an_opt_out_answered_on_a_connection_authenticates_nothing_after_it() {
+    let up = Upstream::serve(|r| ok(r.head.target().as_bytes())).await;
+    let d = gateway_to(up.addr, None).await;
+    // No client certificate: only the /healthz opt-out lets anything through.
+    let mut c = Wire::new(within(10, "TLS connect", d.client().connect(None)).await);
+    let r = exchange(&mut c, "GET", "/healthz", "").await;
+    assert_eq!((r.status, text(&r).as_str()), (200, "/healthz"));
+    // The next requests on the same connection, one at a time and pipelined
+    // behind an opted-out one, are each decided on their own.
+    let r = exchange(&mut c, "GET", "/private", "").await;
+    assert_eq!(r.status, 401);
+    c.s.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\nGET /private/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let first = within(10, "the pipelined /healthz", c.response(false)).await;
+    let second = within(10, "the pipelined /private/x", c.response(false)).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(second.status, 401);
+    let seen: Vec<String> = up
+        .seen()
+        .iter()
+        .map(|r| r.head.target().to_string())
+        .collect();
+    assert_eq!(
+        seen,
+        ["/healthz", "/healthz"],
+        "only the opted-out requests reached the upstream"
+    );
+}
