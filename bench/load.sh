@@ -40,7 +40,8 @@
 # separately, for the upstream nginx. The load generator shares the cores, so CPU/request is the
 # honest figure; req/s and latency are bounded by the machine, not by the proxy alone.
 #
-# Usage: bench/load.sh [all|install|stop|profile]   (default: all; profile: perf of postern alone, see do_profile)
+# Usage: bench/load.sh [all|install|stop|profile|threads]   (default: all; profile: perf of postern alone,
+#        see do_profile; threads: postern's CPU per request split by thread, see do_threads)
 # Env:   DUR        seconds per load run (default 10, 1..60)
 #        CONNS      connections (default 64)
 #        LOAD_DIR   work dir, must be under /tmp/ (default /tmp/postern-load); wiped at each run
@@ -661,12 +662,8 @@ do_all() {
   print_table | tee "$W/table.txt"
 }
 
-# profile: postern alone (upstream nginx + postern-mtls) under the same load, sampled with perf
-# (call graphs from DWARF; the release profile keeps line tables). Figures from this mode are
-# NOT benchmark figures: perf itself costs CPU.
-do_profile() {
-  command -v perf >/dev/null || die "perf missing (Debian: apt-get install linux-perf)"
-  perf stat -e instructions true >/dev/null 2>&1 || die "perf cannot count here (perf_event_paranoid / no PMU access)"
+# postern alone behind its upstream, from a clean work dir (the profile and threads modes).
+start_postern_alone() {
   rm -rf "$W/raw" "$W/log" "$W/nginx" "$W/pki"
   mkdir -p "$W/raw" "$W/log"
   [ "${SKIP_BUILD:-0}" = 1 ] || do_build
@@ -675,6 +672,15 @@ do_profile() {
   write_nginx_confs
   start_nginx upstream
   start_postern
+}
+
+# profile: postern alone (upstream nginx + postern-mtls) under the same load, sampled with perf
+# (call graphs from DWARF; the release profile keeps line tables). Figures from this mode are
+# NOT benchmark figures: perf itself costs CPU.
+do_profile() {
+  command -v perf >/dev/null || die "perf missing (Debian: apt-get install linux-perf)"
+  perf stat -e instructions true >/dev/null 2>&1 || die "perf cannot count here (perf_event_paranoid / no PMU access)"
+  start_postern_alone
   local M=(--cacert "$CA" --cert "$CLI_CRT" --key "$CLI_KEY") pp
   wait_idle
   log "perf record -p $POSTERN_PID for ${DUR}s while oha loads postern-mtls"
@@ -695,19 +701,50 @@ do_profile() {
   log "full reports: $W/perf-self.txt, $W/perf-children.txt; data: $W/perf.data"
 }
 
+# threads: postern's CPU per request split by thread (/proc/PID/task/*/stat and status), under the
+# same load as postern-mtls. Shares only: the totals move from run to run on a shared VM.
+do_threads() {
+  start_postern_alone
+  local M=(--cacert "$CA" --cert "$CLI_CRT" --key "$CLI_KEY") n tick
+  local url="https://localhost:$P_PST/private" to="localhost:$P_PST:$HOST:$P_PST"
+  wait_idle
+  timeout -k 5 "$KILL_AFTER" oha --no-tui -z 2s -c "$CONNS" --connect-to "$to" "${M[@]}" "$url" > /dev/null 2>&1 || true
+  thread_snap > "$W/threads-before"
+  timeout -k 5 "$KILL_AFTER" oha --no-tui --output-format json -z "${DUR}s" -c "$CONNS" \
+    --connect-to "$to" "${M[@]}" "$url" > "$W/raw/oha-threads.json" 2>/dev/null || true
+  thread_snap > "$W/threads-after"
+  stop_all
+  n=$(jq '.statusCodeDistribution["200"] // 0' "$W/raw/oha-threads.json")
+  [ "$n" -gt 0 ] || die "no 200 answers from postern under load"
+  tick=$(getconf CLK_TCK)
+  echo "requests $n (200), $(jq -r '.summary.requestsPerSec|floor' "$W/raw/oha-threads.json") req/s, $CONNS connections, ${DUR}s"
+  join "$W/threads-before" "$W/threads-after" | awk -v n="$n" -v tick="$tick" '
+    { u=$8-$3; s=$9-$4; v=$10-$5; nv=$11-$6; tu+=u; ts+=s
+      if (u+s+v+nv>0) printf "%-24s tid %-7s user %6.2f  sys %6.2f µs/req  voluntary %.4f  involuntary %.4f per req\n", $2, $1, u*1e6/tick/n, s*1e6/tick/n, v/n, nv/n }
+    END { printf "%-24s             user %6.2f  sys %6.2f µs/req\n", "all threads", tu*1e6/tick/n, ts*1e6/tick/n }'
+}
+
+thread_snap() {  # per thread of postern: tid comm utime stime voluntary involuntary, sorted by tid
+  local t
+  for t in /proc/"$POSTERN_PID"/task/*; do
+    echo "$(basename "$t") $(tr ' ' _ < "$t/comm") $(awk '{print $14, $15}' "$t/stat")" \
+      "$(awk '/^voluntary_ctxt/{v=$2} /^nonvoluntary_ctxt/{n=$2} END{print v, n}' "$t/status")"
+  done | sort
+}
+
 main() {
   local what=${1:-all}
   mkdir -p "$W"
   case "$what" in
     install) do_install; return;;
     stop) stop_all; return;;
-    all|profile) ;;
-    *) echo "usage: $0 [all|install|stop|profile]" >&2; exit 2;;
+    all|profile|threads) ;;
+    *) echo "usage: $0 [all|install|stop|profile|threads]" >&2; exit 2;;
   esac
   trap 'stop_all 2>/dev/null || true' EXIT
   trap 'exit 130' INT TERM
   [ "${SKIP_INSTALL:-0}" = 1 ] || do_install
-  if [ "$what" = profile ]; then do_profile; else do_all; fi
+  case "$what" in profile) do_profile;; threads) do_threads;; *) do_all;; esac
 }
 
 main "$@"
