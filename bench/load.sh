@@ -40,8 +40,10 @@
 # separately, for the upstream nginx. The load generator shares the cores, so CPU/request is the
 # honest figure; req/s and latency are bounded by the machine, not by the proxy alone.
 #
-# Usage: bench/load.sh [all|install|stop|profile|threads]   (default: all; profile: perf of postern alone,
-#        see do_profile; threads: postern's CPU per request split by thread, see do_threads)
+# Usage: bench/load.sh [all|install|stop|profile|threads|split]   (default: all; profile: perf of postern
+#        alone, see do_profile; threads: postern's CPU per request split by thread, see do_threads;
+#        split: nginx-mtls and postern, user and system CPU per request and system calls per request,
+#        see do_split)
 # Env:   DUR        seconds per load run (default 10, 1..60)
 #        CONNS      connections (default 64)
 #        LOAD_DIR   work dir, must be under /tmp/ (default /tmp/postern-load); wiped at each run
@@ -389,19 +391,6 @@ wait_idle() {
   [ "$BG" -le "${IDLE_MAX:-10}" ] || log "WARNING: machine still ${BG}% busy before this run; figures contaminated"
 }
 
-# utime+stime ticks of a daemon: the PID (all its threads) plus its direct children (nginx workers).
-tree_ticks() {
-  local m=$1 p t v
-  [ -n "$m" ] && [ -r "/proc/$m/stat" ] || { echo 0; return; }
-  # field 2 (comm) may contain spaces: cut up to ") " first; then utime/stime are fields 12/13
-  v=$(awk '{sub(/^.*\) /,""); print $12+$13}' "/proc/$m/stat" 2>/dev/null) || v=0
-  t=${v:-0}
-  for p in $(pgrep -P "$m" 2>/dev/null); do
-    v=$(awk '{sub(/^.*\) /,""); print $12+$13}' "/proc/$p/stat" 2>/dev/null) || v=0
-    t=$((t + ${v:-0}))
-  done
-  echo "$t"
-}
 pid_in() { cat "$1" 2>/dev/null || true; }
 server_pids() {  # field -> comma-separated PIDs of that server (nginx: master + workers)
   local m
@@ -409,9 +398,22 @@ server_pids() {  # field -> comma-separated PIDs of that server (nginx: master +
   [ -n "$m" ] || return 0
   { echo "$m"; pgrep -P "$m" 2>/dev/null || true; } | paste -sd, -
 }
+# field -> "utime stime" ticks of that server: all threads of its PID plus its direct children
+# (nginx workers). Field 2 of /proc/PID/stat (comm) may contain spaces: cut up to ") " first; then
+# utime/stime are fields 12/13.
+split_ticks() {
+  local p u=0 s=0 v
+  for p in $(server_pids "$1" | tr , ' '); do
+    v=$(awk '{sub(/^.*\) /,""); print $12, $13}' "/proc/$p/stat" 2>/dev/null) || continue
+    [ -n "$v" ] || continue
+    u=$((u + ${v% *})); s=$((s + ${v#* }))
+  done
+  echo "$u $s"
+}
+ticks() { local v; v=$(split_ticks "$1"); echo $((${v% *} + ${v#* })); }  # field -> utime+stime
 PERF_OK=0
 snap() {  # "front upstream postern" ticks
-  echo "$(tree_ticks "$(pid_in "$W/nginx/front.pid")") $(tree_ticks "$(pid_in "$W/nginx/upstream.pid")") $(tree_ticks "$(pid_in "$W/postern.pid")")"
+  echo "$(ticks 1) $(ticks 2) $(ticks 3)"
 }
 
 # Run oha (after a warm-up) under GNU time; sets S0/S1 (server ticks), GEN_CPU (% of the machine), OTHER (% of the
@@ -483,8 +485,35 @@ run_oha() {
   esac
   local pace=()
   [ -n "${RATE:-}" ] && pace=(-q "$RATE" --latency-correction)
+  # keep-alive runs with oha: every request's times into SQLite (written after the run), for the
+  # steady-state latency below
+  local db=() a
+  if [ -z "${GEN:-}" ]; then
+    db=(--db-url "$out.db")
+    for a in "$@"; do [ "$a" = --disable-keepalive ] && db=(); done
+  fi
+  rm -f "$out.db"
   FIELD=$field
-  timed "$out" --no-tui --output-format json -c "${C:-$CONNS}" "${pace[@]}" "${pin[@]}" "$@" "$url"
+  timed "$out" --no-tui --output-format json -c "${C:-$CONNS}" "${pace[@]}" "${pin[@]}" "${db[@]}" "$@" "$url"
+  # Steady-state latency: the requests scheduled after the first STEADY_SKIP seconds. Each oha run
+  # opens its connections anew, and over TLS the first request of each of the 64 waits for the
+  # handshakes of all of them (client certificate verification, 2 cores): 50-80 ms here, for
+  # nginx and postern alike, the first ~100 ms of every run. Paced, that start is several hundred
+  # requests, enough to set the run's p99 by itself; handshakes have their own scenarios.
+  local p50s=- p99s=-
+  if [ -s "$out.db" ]; then
+    read -r p50s p99s < <(python3 - "$out.db" "${STEADY_SKIP:-1}" <<'PY' 2>/dev/null || echo "- -"
+import sqlite3, sys
+rows = sqlite3.connect(sys.argv[1]).execute(
+    "select coalesce(start_latency_correction, start), end from oha").fetchall()
+t0 = min(r[0] for r in rows)
+lat = sorted(e - s for s, e in rows if s - t0 >= float(sys.argv[2]))
+pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3
+print(f"{pick(0.50):.3f} {pick(0.99):.3f}")
+PY
+)
+    rm -f "$out.db"
+  fi
   local rps p50 p99 n ok codes errs
   rps=$(jq -r '.summary.requestsPerSec // 0 | floor' "$out" 2>/dev/null || echo ERR)
   p50=$(jq -r '(.latencyPercentiles.p50 // 0)*1e3' "$out" 2>/dev/null | awk '{printf "%.3f", $1}' || echo -)
@@ -502,10 +531,10 @@ run_oha() {
   [ "$field" = 2 ] && up="-"
   kin=$(awk -v v="${INSN:-}" -v n="$n" 'BEGIN{ if (v!="" && n>0) printf "%.1f", v/n/1000; else printf "-" }')
   kcy=$(awk -v v="${CYC:-}" -v n="$n" 'BEGIN{ if (v!="" && n>0) printf "%.1f", v/n/1000; else printf "-" }')
-  ROW=$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' \
-    "$sc" "$ROUND" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$GEN_CPU" "${BG}%" "$OTHER" "$STEAL" "$codes" "$errs")
-  printf '  r%s %-22s %8s req/s  p50 %6s ms  p99 %6s ms  cpu %6s µs/req  %s kinsn/req %s kcycles/req  (upstream %s µs; n=%s gen=%s bg=%s%% other=%s steal=%s)\n' \
-    "$ROUND" "$sc" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$GEN_CPU" "$BG" "$OTHER" "$STEAL" >&2
+  ROW=$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' \
+    "$sc" "$ROUND" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$GEN_CPU" "${BG}%" "$OTHER" "$STEAL" "$codes" "$errs" "$p50s" "$p99s")
+  printf '  r%s %-22s %8s req/s  p50 %6s ms  p99 %6s ms  steady p50 %6s p99 %6s ms  cpu %6s µs/req  %s kinsn/req %s kcycles/req  (upstream %s µs; n=%s gen=%s bg=%s%% other=%s steal=%s)\n' \
+    "$ROUND" "$sc" "$rps" "$p50" "$p99" "$p50s" "$p99s" "$cpu" "$kin" "$kcy" "$up" "$n" "$GEN_CPU" "$BG" "$OTHER" "$STEAL" >&2
 }
 
 # bench args...: run one scenario; if other work stole more than OTHER_MAX % of the machine
@@ -530,17 +559,17 @@ summarize() {
   awk -F'\t' 'NR==1{next}
     { sc=$1; if (!(sc in seen)) { seen[sc]=1; order[++ns]=sc }
       if ($2=="perf") { kp[sc]++; for (c=7; c<=8; c++) v[sc, c, kp[sc]]=$c; next }
-      k[sc]++; for (c=3; c<=9; c++) if (c<7 || c>8) v[sc, c, k[sc]]=$c; cpus[sc]=cpus[sc] (cpus[sc]==""?"":" ") $6 }
+      k[sc]++; for (c=3; c<=18; c++) if ((c<7 || c>8) && (c<=9 || c>=17)) v[sc, c, k[sc]]=$c; cpus[sc]=cpus[sc] (cpus[sc]==""?"":" ") $6 }
     function f(x, fmt) { return (x=="-") ? x : sprintf(fmt, x) }
     function med(sc, c,   n, i, j, t, a) {
       n=0; for (i=1; i<=k[sc]+kp[sc]; i++) if (v[sc,c,i] ~ /^[0-9.]+$/) a[++n]=v[sc,c,i]+0
       if (n==0) return "-"
       for (i=2; i<=n; i++) { t=a[i]; for (j=i-1; j>=1 && a[j]>t; j--) a[j+1]=a[j]; a[j+1]=t }
       return (n%2) ? a[(n+1)/2] : (a[n/2]+a[n/2+1])/2 }
-    BEGIN{ printf "scenario\trounds\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tkinsn_per_req\tkcycles_per_req\tupstream_cpu_us_per_req\tcpu_us_per_req_each_round\n" }
+    BEGIN{ printf "scenario\trounds\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tkinsn_per_req\tkcycles_per_req\tupstream_cpu_us_per_req\tcpu_us_per_req_each_round\tsteady_p50_ms\tsteady_p99_ms\n" }
     END{ for (i=1; i<=ns; i++) { sc=order[i]
-      printf "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", sc, k[sc], f(med(sc,3),"%.0f"), f(med(sc,4),"%.3f"), f(med(sc,5),"%.3f"),
-        f(med(sc,6),"%.1f"), f(med(sc,7),"%.1f"), f(med(sc,8),"%.1f"), f(med(sc,9),"%.1f"), cpus[sc] } }' "$RES" > "$SUM"
+      printf "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", sc, k[sc], f(med(sc,3),"%.0f"), f(med(sc,4),"%.3f"), f(med(sc,5),"%.3f"),
+        f(med(sc,6),"%.1f"), f(med(sc,7),"%.1f"), f(med(sc,8),"%.1f"), f(med(sc,9),"%.1f"), cpus[sc], f(med(sc,17),"%.3f"), f(med(sc,18),"%.3f") } }' "$RES" > "$SUM"
 }
 
 print_table() {
@@ -555,26 +584,28 @@ print_table() {
   echo "   -hs: full handshakes (load from bench/hsload, resumption disabled), -hsr: resumed (oha), -hs-oha: the full-handshake nginx block loaded by oha;"
   echo "   key exchange: postern-mtls-hs X25519MLKEM768 (rustls' preference), postern-mtls-hs-x25519 and nginx X25519"
   echo "-- each run:"
-  printf '%-22s %2s %9s %8s %8s %11s %8s %8s %9s %9s %5s %6s %6s  %s\n' scenario r "req/s" "p50 ms" "p99 ms" "cpu µs/req" "kinsn" "kcycles" "upstream" requests gen other steal codes
-  while IFS=$'\t' read -r sc rd rps p50 p99 cpu kin kcy up n gen bg oth stl codes errs; do
+  printf '%-22s %2s %9s %8s %8s %8s %8s %11s %8s %8s %9s %9s %5s %6s %6s  %s\n' scenario r "req/s" "p50 ms" "p99 ms" "st.p50" "st.p99" "cpu µs/req" "kinsn" "kcycles" "upstream" requests gen other steal codes
+  while IFS=$'\t' read -r sc rd rps p50 p99 cpu kin kcy up n gen bg oth stl codes errs sp50 sp99; do
     [ "$sc" = scenario ] && continue
-    printf '%-22s %2s %9s %8s %8s %11s %8s %8s %9s %9s %5s %6s %6s  %s %s\n' "$sc" "$rd" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$n" "$gen" "$oth" "$stl" "$codes" "$( [ "$errs" = '{}' ] || echo "errors=$errs")"
+    printf '%-22s %2s %9s %8s %8s %8s %8s %11s %8s %8s %9s %9s %5s %6s %6s  %s %s\n' "$sc" "$rd" "$rps" "$p50" "$p99" "${sp50:--}" "${sp99:--}" "$cpu" "$kin" "$kcy" "$up" "$n" "$gen" "$oth" "$stl" "$codes" "$( [ "$errs" = '{}' ] || echo "errors=$errs")"
   done < "$RES"
-  echo "-- median over the rounds without perf (each column separately; kinsn/kcycles from the perf round):"
-  printf '%-22s %9s %8s %8s %11s %8s %8s %9s  %s\n' scenario "req/s" "p50 ms" "p99 ms" "cpu µs/req" "kinsn" "kcycles" "upstream" "cpu µs/req of each round"
-  while IFS=$'\t' read -r sc nr rps p50 p99 cpu kin kcy up each; do
+  echo "-- median over the rounds without perf (each column separately; kinsn/kcycles from the perf round;"
+  echo "   st.p50/st.p99: steady state, the requests scheduled after the first ${STEADY_SKIP:-1} s of each run, see run_oha):"
+  printf '%-22s %9s %8s %8s %8s %8s %11s %8s %8s %9s  %s\n' scenario "req/s" "p50 ms" "p99 ms" "st.p50" "st.p99" "cpu µs/req" "kinsn" "kcycles" "upstream" "cpu µs/req of each round"
+  while IFS=$'\t' read -r sc nr rps p50 p99 cpu kin kcy up each sp50 sp99; do
     [ "$sc" = scenario ] && continue
-    printf '%-22s %9s %8s %8s %11s %8s %8s %9s  %s\n' "$sc" "$rps" "$p50" "$p99" "$cpu" "$kin" "$kcy" "$up" "$each"
+    printf '%-22s %9s %8s %8s %8s %8s %11s %8s %8s %9s  %s\n' "$sc" "$rps" "$p50" "$p99" "$sp50" "$sp99" "$cpu" "$kin" "$kcy" "$up" "$each"
   done < "$SUM"
   if grep -q '^postern-mtls' "$SUM"; then
     echo
     awk -F'\t' '
-      $1=="direct"{dp99=$5} $1=="nginx-mtls"{ncpu=$6; nin=$7; np99=$5} $1=="nginx-mtls-log"{lcpu=$6} $1=="postern-mtls"{pcpu=$6; pin=$7; pp99=$5}
+      $1=="direct"{dp99=$5; ds=$12} $1=="nginx-mtls"{ncpu=$6; nin=$7; np99=$5; ns=$12} $1=="nginx-mtls-log"{lcpu=$6} $1=="postern-mtls"{pcpu=$6; pin=$7; pp99=$5; ps=$12}
       END{
         if (ncpu>0) printf "postern / nginx-mtls CPU per request: %.2fx (%s vs %s µs) -> target <= 1.0x: %s\n", pcpu/ncpu, pcpu, ncpu, (pcpu<=ncpu?"MET":"NOT MET");
         if (nin>0 && pin>0) printf "postern / nginx-mtls instructions per request: %.2fx (%s vs %s thousand)\n", pin/nin, pin, nin;
         if (lcpu>0) printf "postern / nginx-mtls-log CPU per request: %.2fx (%s vs %s µs)\n", pcpu/lcpu, pcpu, lcpu;
-        printf "p99 added over direct: postern %+.3f ms (target <= 1 ms: %s), nginx-mtls %+.3f ms\n", pp99-dp99, (pp99-dp99<=1?"MET":"NOT MET"), np99-dp99 }' "$SUM"
+        if (ds ~ /^[0-9.]+$/ && ps ~ /^[0-9.]+$/) printf "p99 added over direct, steady state: postern %+.3f ms (target <= 1 ms: %s), nginx-mtls %+.3f ms\n", ps-ds, (ps-ds<=1?"MET":"NOT MET"), ns-ds;
+        printf "p99 added over direct, whole run (connection set-up included): postern %+.3f ms, nginx-mtls %+.3f ms\n", pp99-dp99, np99-dp99 }' "$SUM"
     awk -F'\t' '{ r[$1]=$3; c[$1]=$6; k[$1]=$7; p50[$1]=$4; p99[$1]=$5 }
       function line(a, b, what) { if (r[a]>0 && r[b]>0) printf "%-44s handshakes/s %.2fx (%s vs %s), CPU/handshake %.2fx (%s vs %s µs), p50 %s vs %s ms, p99 %s vs %s ms%s\n",
           what, r[a]/r[b], r[a], r[b], (c[b]>0 ? c[a]/c[b] : 0), c[a], c[b], p50[a], p50[b], p99[a], p99[b],
@@ -608,7 +639,7 @@ do_all() {
   [ "${SKIP_POSTERN:-0}" = 1 ] || start_postern
   sanity
 
-  printf 'scenario\tround\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tkinsn_per_req\tkcycles_per_req\tupstream_cpu_us_per_req\trequests\tgen_cpu\tbusy_before\tother_cpu\tsteal\tstatus_codes\terrors\n' > "$RES"
+  printf 'scenario\tround\treq_per_s\tp50_ms\tp99_ms\tcpu_us_per_req\tkinsn_per_req\tkcycles_per_req\tupstream_cpu_us_per_req\trequests\tgen_cpu\tbusy_before\tother_cpu\tsteal\tstatus_codes\terrors\tsteady_p50_ms\tsteady_p99_ms\n' > "$RES"
   local M=(--cacert "$CA" --cert "$CLI_CRT" --key "$CLI_KEY")
   log "load runs: $ROUNDS round(s) of the scenarios in turn, ${WARMUP}s warm-up + ${DUR}s measured each, $CONNS keep-alive connections, oha"
   local a0 l0 a1 l1
@@ -662,7 +693,8 @@ do_all() {
   print_table | tee "$W/table.txt"
 }
 
-# postern alone behind its upstream, from a clean work dir (the profile and threads modes).
+# postern alone behind its upstream, from a clean work dir (the profile and threads modes); with
+# the argument `front`, the nginx front proxy too (the split mode).
 start_postern_alone() {
   rm -rf "$W/raw" "$W/log" "$W/nginx" "$W/pki"
   mkdir -p "$W/raw" "$W/log"
@@ -671,6 +703,7 @@ start_postern_alone() {
   stop_all
   write_nginx_confs
   start_nginx upstream
+  [ "${1:-}" = front ] && start_nginx front
   start_postern
 }
 
@@ -724,6 +757,53 @@ do_threads() {
     END { printf "%-24s             user %6.2f  sys %6.2f µs/req\n", "all threads", tu*1e6/tick/n, ts*1e6/tick/n }'
 }
 
+# split: is a proxy's CPU its own code or the kernel's? nginx-mtls and postern-mtls in turn, ROUNDS
+# times, under the same load: user and system CPU per request apart (/proc/PID/stat); then, once each,
+# every system call of the proxy counted with `strace -c -f` over SPLIT_N requests (strace slows the
+# proxy many times over, so these runs give counts only, no times).
+do_split() {
+  command -v strace >/dev/null || die "strace missing (Debian: apt-get install strace)"
+  start_postern_alone front
+  sanity
+  local M=(--cacert "$CA" --cert "$CLI_CRT" --key "$CLI_KEY") r sc field port n a b
+  local N=${SPLIT_N:-20000}
+  for r in $(seq 1 "$ROUNDS"); do
+    for sc in nginx-mtls postern-mtls; do
+      case $sc in nginx-mtls) field=1 port=$P_NGX;; *) field=3 port=$P_PST;; esac
+      wait_idle
+      timeout -k 5 "$KILL_AFTER" oha --no-tui -z "${WARMUP}s" -c "$CONNS" --connect-to "localhost:$port:$HOST:$port" \
+        "${M[@]}" "https://localhost:$port/private" > /dev/null 2>&1 || true
+      a=$(split_ticks "$field")
+      timeout -k 5 "$KILL_AFTER" oha --no-tui --output-format json -z "${DUR}s" -c "$CONNS" \
+        --connect-to "localhost:$port:$HOST:$port" "${M[@]}" "https://localhost:$port/private" > "$W/raw/oha-split.json" 2>/dev/null || true
+      b=$(split_ticks "$field")
+      n=$(jq '.statusCodeDistribution["200"] // 0' "$W/raw/oha-split.json")
+      awk -v a="$a" -v b="$b" -v n="$n" -v tck="$TCK" -v sc="$sc" -v r="$r" 'BEGIN{ split(a,x," "); split(b,y," ");
+        if (n>0) printf "r%s %-13s user %5.1f  sys %5.1f  total %5.1f µs/req  (n=%d)\n", r, sc,
+          (y[1]-x[1])/tck*1e6/n, (y[2]-x[2])/tck*1e6/n, (y[1]+y[2]-x[1]-x[2])/tck*1e6/n, n }' | tee -a "$W/split.txt"
+    done
+  done
+  for sc in nginx-mtls postern-mtls; do
+    case $sc in nginx-mtls) field=1 port=$P_NGX;; *) field=3 port=$P_PST;; esac
+    local pids=() p sp
+    for p in $(server_pids "$field" | tr , ' '); do pids+=(-p "$p"); done
+    strace -c -f -q -o "$W/raw/strace-$sc.txt" "${pids[@]}" &
+    sp=$!
+    sleep 1
+    timeout -k 5 300 oha --no-tui --output-format json -n "$N" -c "$CONNS" --connect-to "localhost:$port:$HOST:$port" \
+      "${M[@]}" "https://localhost:$port/private" > "$W/raw/oha-strace.json" 2>/dev/null || true
+    sleep 0.5
+    kill -INT "$sp" 2>/dev/null || true; wait "$sp" 2>/dev/null || true
+    n=$(jq '.statusCodeDistribution["200"] // 0' "$W/raw/oha-strace.json")
+    echo "$sc: system calls per request over $n requests (strace -c -f)" | tee -a "$W/split.txt"
+    # strace -c columns: % time, seconds, usecs/call, calls, [errors,] syscall
+    awk -v n="$n" '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" { c=$4; e=(NF==6 ? $5 : 0); t+=c
+        if (n>0 && c/n >= 0.001) printf "  %-18s %8.3f  (failed %.3f)\n", $NF, c/n, e/n }
+      END { if (n>0) printf "  %-18s %8.3f\n", "all", t/n }' "$W/raw/strace-$sc.txt" | sort -k2 -rn | tee -a "$W/split.txt"
+  done
+  stop_all
+}
+
 thread_snap() {  # per thread of postern: tid comm utime stime voluntary involuntary, sorted by tid
   local t
   for t in /proc/"$POSTERN_PID"/task/*; do
@@ -738,13 +818,13 @@ main() {
   case "$what" in
     install) do_install; return;;
     stop) stop_all; return;;
-    all|profile|threads) ;;
-    *) echo "usage: $0 [all|install|stop|profile|threads]" >&2; exit 2;;
+    all|profile|threads|split) ;;
+    *) echo "usage: $0 [all|install|stop|profile|threads|split]" >&2; exit 2;;
   esac
   trap 'stop_all 2>/dev/null || true' EXIT
   trap 'exit 130' INT TERM
   [ "${SKIP_INSTALL:-0}" = 1 ] || do_install
-  case "$what" in profile) do_profile;; threads) do_threads;; *) do_all;; esac
+  case "$what" in profile) do_profile;; threads) do_threads;; split) do_split;; *) do_all;; esac
 }
 
 main "$@"
