@@ -272,7 +272,13 @@ impl Authenticator {
     ) -> (Identity, CredentialDetails) {
         let mut id = Identity::anonymous();
         let mut details = CredentialDetails::default();
-        let mut principals: Vec<(Factor, String)> = Vec::new();
+        // Who each verified factor names, in the order mTLS, JWT, session:
+        // at most one each, so a fixed array (no allocation per request).
+        let mut principals: [(Factor, Option<String>); 3] = [
+            (Factor::Mtls, None),
+            (Factor::Jwt, None),
+            (Factor::Oidc, None),
+        ];
         let mut grants: Option<&Vec<postern_pki::Grant>> = None;
 
         match cert {
@@ -305,7 +311,7 @@ impl Authenticator {
                         reason: "client certificate is not yet valid".to_string(),
                     });
                 } else {
-                    principals.push((Factor::Mtls, ci.principal.clone()));
+                    principals[0].1 = Some(ci.principal.clone());
                     grants = Some(&vc.extras.grants);
                 }
             }
@@ -337,7 +343,7 @@ impl Authenticator {
                             .to_string(),
                     }),
                     Some(v) => match v.verify(token) {
-                        Ok(sub) => principals.push((Factor::Jwt, sub)),
+                        Ok(sub) => principals[1].1 = Some(sub),
                         Err(reason) => id.invalid.push(InvalidCredential {
                             factor: Factor::Jwt,
                             reason,
@@ -354,7 +360,7 @@ impl Authenticator {
         match session {
             SessionState::Absent | SessionState::Expired { .. } => {}
             SessionState::Valid { session, .. } => {
-                principals.push((Factor::Oidc, session.principal.clone()));
+                principals[2].1 = Some(session.principal.clone());
             }
             SessionState::Invalid { reason } => id.invalid.push(InvalidCredential {
                 factor: Factor::Oidc,
@@ -363,33 +369,39 @@ impl Authenticator {
         }
 
         // Factors that disagree on who this is prove nothing.
-        if let Some((_, first)) = principals.first() {
-            if principals.iter().any(|(_, p)| p != first) {
-                let names: Vec<String> =
-                    principals.iter().map(|(f, p)| format!("{f}={p}")).collect();
-                for (f, _) in &principals {
-                    id.invalid.push(InvalidCredential {
-                        factor: *f,
-                        reason: format!(
-                            "credentials name different identities ({})",
-                            names.join(", ")
-                        ),
-                    });
-                }
-                return (id, details);
+        let named = || {
+            principals
+                .iter()
+                .filter_map(|(f, p)| p.as_ref().map(|p| (*f, p)))
+        };
+        let Some((_, first)) = named().next() else {
+            return (id, details);
+        };
+        if named().any(|(_, p)| p != first) {
+            let names: Vec<String> = named().map(|(f, p)| format!("{f}={p}")).collect();
+            for (f, _) in named() {
+                id.invalid.push(InvalidCredential {
+                    factor: f,
+                    reason: format!(
+                        "credentials name different identities ({})",
+                        names.join(", ")
+                    ),
+                });
             }
-            id.principal = Some(first.clone());
-            for (f, _) in &principals {
-                id.verified.insert(*f);
-            }
-            if let Some(gs) = grants {
-                id.grants = gs.iter().filter_map(grant_claim).collect();
-            }
-            if let Some(s) = session.session() {
-                id.acr = s.acr.clone();
-                id.amr = s.amr.clone();
-            }
+            return (id, details);
         }
+        for (f, _) in named() {
+            id.verified.insert(f);
+        }
+        if let Some(gs) = grants {
+            id.grants = gs.iter().filter_map(grant_claim).collect();
+        }
+        if let Some(s) = session.session() {
+            id.acr = s.acr.clone();
+            id.amr = s.amr.clone();
+        }
+        // Every named factor agrees: the principal moves out, not copied.
+        id.principal = principals.into_iter().find_map(|(_, p)| p);
         (id, details)
     }
 }
@@ -612,6 +624,15 @@ mod tests {
         );
         assert!(id.verified.is_empty());
         assert_eq!(id.invalid.len(), 2);
+        assert_eq!(
+            (id.invalid[0].factor, id.invalid[1].factor),
+            (Factor::Mtls, Factor::Jwt)
+        );
+        assert!(
+            id.invalid[0].reason.contains("(mtls=alice, jwt=mallory)"),
+            "{}",
+            id.invalid[0].reason
+        );
         let (id, _) = a.authenticate(&cert, &[token.as_bytes()], now);
         assert_eq!(id.principal.as_deref(), Some("alice"));
         assert!(id.verified.contains(Factor::Mtls) && id.verified.contains(Factor::Jwt));

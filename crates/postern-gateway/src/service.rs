@@ -99,11 +99,14 @@ impl Ctx {
         d: Option<&Decision>,
         reasons: Vec<String>,
     ) -> AuditEvent {
-        self.record(self.named.clone(), now, decision, status, d, reasons)
+        let (named, request_id) = (self.named.clone(), self.request_id.clone());
+        self.record(named, request_id, now, decision, status, d, reasons)
     }
 
-    /// [`Ctx::event`] for the request's last record: the context's strings
-    /// move into it instead of being copied (only the request id stays).
+    /// [`Ctx::event`] for the request's last record: the context's strings,
+    /// the request id among them, move into it instead of being copied. Only
+    /// the answer's head uses the request id after this, and it holds its own
+    /// copy.
     fn take_event(
         &mut self,
         now: OffsetDateTime,
@@ -113,12 +116,15 @@ impl Ctx {
         reasons: Vec<String>,
     ) -> AuditEvent {
         let named = std::mem::take(&mut self.named);
-        self.record(named, now, decision, status, d, reasons)
+        let request_id = std::mem::take(&mut self.request_id);
+        self.record(named, request_id, now, decision, status, d, reasons)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
         named: Named,
+        request_id: String,
         now: OffsetDateTime,
         decision: &'static str,
         status: u16,
@@ -126,7 +132,7 @@ impl Ctx {
         reasons: Vec<String>,
     ) -> AuditEvent {
         let mut ev = AuditEvent::new(now, "decision");
-        ev.request_id = Some(self.request_id.clone());
+        ev.request_id = Some(request_id);
         ev.peer = Some(named.peer);
         ev.method = Some(named.method);
         ev.host = named.host;
@@ -638,6 +644,8 @@ async fn pipeline(
             if ctx.named.auth.is_none() {
                 ctx.named.auth = Some(auth_label(&via));
             }
+            // The last record of the request takes the reasons: moved, not copied.
+            let reasons = std::mem::take(&mut decision.reasons);
             forward(
                 shared,
                 &runtime,
@@ -646,6 +654,7 @@ async fn pipeline(
                 &path,
                 query.as_deref(),
                 &decision,
+                reasons,
                 &identity,
                 &via,
                 xff,
@@ -667,6 +676,9 @@ async fn forward(
     path: &postern_policy::NormalizedPath,
     query: Option<&str>,
     decision: &Decision,
+    // `decision`'s reasons, taken out of it: they go into the request's last
+    // record, and the error records before that name only the failure.
+    mut reasons: Vec<String>,
     identity: &Identity,
     via: &AuthVia,
     xff: Option<HeaderValue>,
@@ -855,8 +867,6 @@ async fn forward(
             .headers
             .insert(crate::headers::X_POSTERN_REQUEST_ID, v);
     }
-    let mut reasons = Vec::with_capacity(decision.reasons.len() + 1);
-    reasons.extend(decision.reasons.iter().cloned());
     // Built by hand: one allocation, no formatting machinery.
     let mut digits = itoa::Buffer::new();
     let micros = digits.format(ctx.started.elapsed().as_micros());
