@@ -34,9 +34,30 @@ export function need(name) {
   return v;
 }
 
+// The last check that passed and the page a scenario is on, for the
+// watchdog's report.
+let lastOk = '(none yet)';
+let currentPage = null;
+
 export function ok(what) {
+  lastOk = what;
   process.stdout.write(`ok ${what}\n`);
 }
+
+// Watchdog: a script that has not finished within POSTERN_SCRIPT_LIMIT_MS
+// (set by the Rust harness, a little under its own limit) says how far it
+// got and exits 1, instead of being killed silently. Unref'd: it never
+// keeps a finished script alive. Armed on import, so it also covers what a
+// script does before its scenario (starting a provider, say).
+const limitMs = Number(process.env.POSTERN_SCRIPT_LIMIT_MS ?? 110000);
+setTimeout(() => {
+  process.stdout.write(`FAIL no result within ${limitMs / 1000} s; the last check that passed: ${lastOk}\n`);
+  try {
+    if (currentPage) process.stdout.write(`     at ${currentPage.url()}\n`);
+  } catch {}
+  // playwright kills the browsers it launched when the process exits.
+  process.exit(1);
+}, limitMs).unref();
 
 export class CheckFailed extends Error {}
 
@@ -64,6 +85,7 @@ export async function launch(contextOptions = {}) {
   context.setDefaultTimeout(15000);
   context.setDefaultNavigationTimeout(15000);
   const page = context.pages()[0] ?? (await context.newPage());
+  currentPage = page;
   const close = async () => {
     await context.close().catch(() => {});
     rmSync(profile, { recursive: true, force: true });

@@ -87,15 +87,26 @@ const provider = spawn(process.execPath, [
   '--redirect-uri', `http://127.0.0.1:${rpPort}/cb`,
   '--client-secret', secret,
 ], { stdio: ['pipe', 'pipe', 'inherit'] });
+// However this script ends, the provider ends with it.
+process.on('exit', () => provider.kill());
+// Loading oidc-provider takes node well under a second alone, but once
+// took over 30 s with the whole suite on two cores: the bound (as in the
+// Rust harness) only stops a provider that hangs.
 const issuer = await new Promise((resolve, reject) => {
   let out = '';
+  const timer = setTimeout(() => reject(new Error('provider not ready in 90 s')), 90000);
   provider.stdout.on('data', (d) => {
     out += d;
     const m = /^ready (\S+)$/m.exec(out);
-    if (m) resolve(m[1]);
+    if (m) {
+      clearTimeout(timer);
+      resolve(m[1]);
+    }
   });
-  provider.on('exit', (code) => reject(new Error(`provider exited ${code}`)));
-  setTimeout(() => reject(new Error('provider not ready in 10 s')), 10000);
+  provider.on('exit', (code) => {
+    clearTimeout(timer);
+    reject(new Error(`provider exited ${code}`));
+  });
 });
 discovery = await (await fetch(`${issuer}/.well-known/openid-configuration`)).json();
 

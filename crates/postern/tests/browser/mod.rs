@@ -243,6 +243,14 @@ impl Run {
 }
 
 /// Run `node tests/browser/<script>` with `env`, at most `limit`.
+///
+/// The script gets `POSTERN_SCRIPT_LIMIT_MS`, 10 s less than `limit`: its
+/// own watchdog (`lib.mjs`) then reports the last check that passed and
+/// the page it was on, and exits. Should the script not even do that, it is
+/// killed with its whole process group (chromium, a provider it started)
+/// at `limit`, and the panic shows whatever it printed. Its output is read
+/// until it exits, not until its pipes close: a child left behind holding
+/// them cannot stall the test.
 pub async fn run_script(script: &str, env: &[(&str, String)], limit: Duration) -> Run {
     ensure_tools().await;
     let mut cmd = Command::new("node");
@@ -252,19 +260,40 @@ pub async fn run_script(script: &str, env: &[(&str, String)], limit: Duration) -
             "POSTERN_SCREENSHOT_DIR",
             repo_root().join("docs").join("screenshots"),
         )
+        .env(
+            "POSTERN_SCRIPT_LIMIT_MS",
+            limit
+                .saturating_sub(Duration::from_secs(10))
+                .as_millis()
+                .to_string(),
+        )
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = tokio::time::timeout(limit, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("{script} did not finish within {limit:?}"))
-        .expect("running node");
+    let mut child = cmd.spawn().expect("running node");
+    let pgid = child.id().expect("a running child has a pid");
+    let stdout = Pipe::read(child.stdout.take().unwrap());
+    let stderr = Pipe::read(child.stderr.take().unwrap());
+    let status = tokio::time::timeout(limit, child.wait()).await;
+    // Whatever the script left behind (chromium, a provider) goes with it;
+    // then nothing holds the pipes and the readers reach their end.
+    kill_group(pgid).await;
+    let (stdout, stderr) = (stdout.finish().await, stderr.finish().await);
+    let Ok(status) = status else {
+        panic!(
+            "{script} did not finish within {limit:?} (its own watchdog did not fire either); \
+             killed with its process group\n--- stdout so far\n{stdout}\n--- stderr so far\n{stderr}"
+        );
+    };
     let run = Run {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        success: status.expect("waiting for node").success(),
+        stdout,
+        stderr,
     };
     // Shown by the test harness when the test fails (and with --nocapture).
     println!("--- {script} stdout\n{}", run.stdout);
@@ -272,6 +301,47 @@ pub async fn run_script(script: &str, env: &[(&str, String)], limit: Duration) -
         println!("--- {script} stderr\n{}", run.stderr);
     }
     run
+}
+
+/// A child's output pipe, read to its end in the background.
+struct Pipe {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Pipe {
+    fn read(mut pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Pipe {
+        use tokio::io::AsyncReadExt;
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let task = tokio::spawn(async move {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        Pipe { buf, task }
+    }
+
+    /// Everything read, once the pipe ended (or after 5 s, if something
+    /// outside the process group still holds it).
+    async fn finish(self) -> String {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        let buf = self.buf.lock().unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// SIGKILL the process group `pgid` (gone already is fine).
+async fn kill_group(pgid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status()
+        .await;
 }
 
 /// The harness itself, without postern: chromium signs alice and bob in at
