@@ -12,8 +12,10 @@
 #   upstream nginx `return 200 "ok"`, 1 worker                                        (:19000)
 # Load: oha, N requests (default 60000) per run, 64 keep-alive connections, alice's certificate,
 # after one unmeasured warm-up run each. CPU µs/request = utime+stime of the server's processes
-# (/proc/PID/stat) / completed requests. Prints each run and the medians; every address is
-# 127.0.0.1; everything started is stopped by PID on exit.
+# (/proc/PID/stat) / completed requests. Prints each run, the medians, and each pair's CPU ratio
+# per round with a distribution-free interval for its median (as bench/load.sh does; a change
+# is shown only when that interval excludes 1.0); every address is 127.0.0.1; everything
+# started is stopped by PID on exit.
 # Needs: nginx, oha, python3 (bench/load.sh install sets them up). Env: N, R (rounds, default 5), RATE (pace each run at RATE req/s; default: closed loop),
 # AB_DIR (work dir under /tmp, default /tmp/postern-ab, wiped).
 set -euo pipefail
@@ -99,10 +101,22 @@ med = lambda k, s: statistics.median(float(r[k]) for r in by[s])
 print("\nmedians over the rounds:")
 for s in ("nginx", "A", "B"):
     print(f"  {s:5s} {med('req/s', s):8.0f} req/s  p50 {med('p50 ms', s):.3f} ms  p99 {med('p99 ms', s):.3f} ms  cpu {med('cpu µs/req', s):.1f} µs/req")
+from math import comb
+def interval(per):
+    # Distribution-free interval for the median of the per-round ratios, as in
+    # bench/load.sh (paired_ratios): the k-th smallest and largest ratio, k as
+    # large as keeps the coverage, from the binomial distribution, at 95 % or more.
+    n = len(per)
+    cdf = lambda k: sum(comb(n, i) for i in range(k + 1)) / 2 ** n
+    k = 1
+    while k + 1 <= (n + 1) / 2 and 2 * cdf(k) <= 0.05:
+        k += 1
+    s = sorted(per)
+    return s[k - 1], s[n - k], 100 * (1 - 2 * cdf(k - 1))
 def ratio(x, y):
     per = [float(a["cpu µs/req"]) / float(b["cpu µs/req"]) for a, b in zip(by[x], by[y])]
-    return med("cpu µs/req", x) / med("cpu µs/req", y), statistics.median(per), min(per), max(per)
+    return med("cpu µs/req", x) / med("cpu µs/req", y), statistics.median(per), *interval(per)
 for x, y in (("A", "nginx"), ("B", "nginx"), ("B", "A")):
-    r, m, lo, hi = ratio(x, y)
-    print(f"  CPU per request {x} / {y}: {r:.2f}x (ratio of medians); per round median {m:.2f}x, range {lo:.2f}-{hi:.2f}x")
+    r, m, lo, hi, cov = ratio(x, y)
+    print(f"  CPU per request {x} / {y}: {r:.2f}x (ratio of medians); per round median {m:.2f}x, {cov:.0f} % interval {lo:.2f}-{hi:.2f}x")
 PY
