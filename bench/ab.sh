@@ -35,30 +35,20 @@ cleanup() {
   for f in "$W/nginx/up.pid" "$W/nginx/front.pid"; do [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
 }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+# shellcheck source=bench/common.sh
+. "$REPO/bench/common.sh"
 
 # PKI and config from `postern demo` (binary B), upstream pointed at the nginx upstream.
-"$B" demo --dir "$W/a" --listen 127.0.0.1:19443 > "$W/log/demo.out" 2>&1 & dp=$!
-for _ in $(seq 1 300); do grep -q ready "$W/log/demo.out" 2>/dev/null && break; sleep 0.1; done
-kill "$dp"; wait "$dp" 2>/dev/null || true
-grep -q ready "$W/log/demo.out" || { echo "postern demo did not start" >&2; exit 1; }
-sed -i 's|url = "builtin:echo"|url = "http://127.0.0.1:19000"|' "$W/a/postern.toml"
-rm -f "$W/a/audit.jsonl" "$W/a/audit.jsonl.head"
+demo_pki "$B" "$W/a" 127.0.0.1:19443 http://127.0.0.1:19000 "$W/log/demo.out"
 cp -r "$W/a" "$W/b"; sed -i 's/127.0.0.1:19443/127.0.0.1:19445/' "$W/b/postern.toml"
 D=$W/a; M=(--cacert "$D/ca.pem" --cert "$D/alice.pem" --key "$D/alice.key")
 
 NGLOG="access_log $W/log/nginx-audit.log audit;"; [ "${NGINX_LOG:-1}" = 0 ] && NGLOG="access_log off;"
-tmp="client_body_temp_path $W/nginx/b; proxy_temp_path $W/nginx/p; fastcgi_temp_path $W/nginx/f; uwsgi_temp_path $W/nginx/u; scgi_temp_path $W/nginx/s;"
-cat > "$W/nginx/up.conf" <<NG
-worker_processes 1; pid $W/nginx/up.pid; error_log $W/log/up.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000; $tmp
-  server { listen 127.0.0.1:19000 backlog=4096; location / { return 200 "ok"; } } }
-NG
+nginx_upstream "$W" 19000
 cat > "$W/nginx/front.conf" <<NG
 worker_processes 2; pid $W/nginx/front.pid; error_log $W/log/front.err warn;
 events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000; $tmp
+http { access_log off; keepalive_requests 10000000; $NGINX_TMP
   upstream app { server 127.0.0.1:19000; keepalive 128; }
   ssl_certificate $D/server.pem; ssl_certificate_key $D/server.key; ssl_protocols TLSv1.2 TLSv1.3;
   ssl_session_cache shared:SSL:10m; ssl_client_certificate $D/ca.pem; ssl_verify_client on; ssl_verify_depth 2;
