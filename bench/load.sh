@@ -49,7 +49,7 @@
 #        LOAD_DIR   work dir, must be under /tmp/ (default /tmp/postern-load); wiped at each run
 #        ROUNDS     rounds of all scenarios in turn (default 3); the table gives each run and the median;
 #                   the CPU verdict (postern / nginx-mtls paired by round, see paired_ratios) needs at
-#                   least 5 rounds, and on a noisy VM about 15 (ROUNDS=15 DUR=5: ~12 minutes)
+#                   least 5 rounds, and on a noisy VM 15 to 31 (ROUNDS=15 DUR=5: ~12 minutes; ROUNDS=31 NGINX_LOG=0: ~23)
 #        RESULTS    TSV of every run (default $LOAD_DIR/results.tsv); medians in ${RESULTS%.tsv}-median.tsv
 #        SKIP_INSTALL=1  skip apt-get / cargo install;   SKIP_BUILD=1  use the existing target/release/postern
 #        SKIP_POSTERN=1  nginx scenarios only, PKI made with openssl (for testing the harness)
