@@ -15,8 +15,9 @@
 #
 # One difference is not the proxies': valgrind hides SHA-NI, so the SHA-256 of postern's audit
 # chain runs in software under it (about 34,000 instructions a record, where SHA-NI natively runs
-# at 1-2 cycles a byte: an estimated 1,000-1,500 cycles for a ~660-byte record). The script prints postern's figure with and without `compress256`;
-# the like-for-like figure is the second plus the native cost of that hash.
+# at 1-2 cycles a byte: an estimated 1,000-1,500 cycles for a ~660-byte record). The script
+# prints postern's figure with and without `compress256`; the like-for-like figure is the second
+# plus the native cost of that hash.
 # Instructions are not time: this shows the work each proxy asks of the CPU in user space; the
 # kernel's share (about 60 % of either proxy's CPU here) and the cycles per instruction are
 # bench/load.sh's to measure (its `split` mode counts system calls per request).
@@ -74,9 +75,10 @@ count() {  # name port command...
   local url="https://localhost:$port/private" n
   timeout -k 5 300 oha --no-tui -n 500 -c 16 "${M[@]}" "$url" > /dev/null
   for n in "$N1" "$N2"; do
-    callgrind_control -z "$vp" > /dev/null; callgrind_control -i on "$vp" > /dev/null
+    # (callgrind_control says "sending command ..." on stderr; a failure still stops the script)
+    callgrind_control -z "$vp" > /dev/null 2>&1; callgrind_control -i on "$vp" > /dev/null 2>&1
     timeout -k 5 600 oha --no-tui --output-format json -n "$n" -c 16 "${M[@]}" "$url" > "$W/log/$name-$n.json"
-    callgrind_control -i off "$vp" > /dev/null; callgrind_control -d "$name-$n" "$vp" > /dev/null
+    callgrind_control -i off "$vp" > /dev/null 2>&1; callgrind_control -d "$name-$n" "$vp" > /dev/null 2>&1
   done
   kill -INT "$vp" 2>/dev/null || true; wait "$vp" 2>/dev/null || true
 }
