@@ -82,7 +82,7 @@ for p in 19444 19443 19445; do oha --no-tui -n 10000 -c 64 "${M[@]}" "https://lo
 printf 'server\treq/s\tp50 ms\tp99 ms\tcpu µs/req\trequests\t200s\n' > "$W/runs.tsv"
 echo "A = $A"; echo "B = $B"; echo "each run: server req/s p50 p99 cpu-µs/req requests 200s"
 for _ in $(seq 1 "$R"); do one nginx 19444 "$NGP"; one A 19443 "$PA"; one B 19445 "$PB"; done
-python3 - "$W/runs.tsv" <<'PY'
+python3 - "$W/runs.tsv" "$REPO/bench" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 by = {}
@@ -91,18 +91,8 @@ med = lambda k, s: statistics.median(float(r[k]) for r in by[s])
 print("\nmedians over the rounds:")
 for s in ("nginx", "A", "B"):
     print(f"  {s:5s} {med('req/s', s):8.0f} req/s  p50 {med('p50 ms', s):.3f} ms  p99 {med('p99 ms', s):.3f} ms  cpu {med('cpu µs/req', s):.1f} µs/req")
-from math import comb
-def interval(per):
-    # Distribution-free interval for the median of the per-round ratios, as in
-    # bench/load.sh (paired_ratios): the k-th smallest and largest ratio, k as
-    # large as keeps the coverage, from the binomial distribution, at 95 % or more.
-    n = len(per)
-    cdf = lambda k: sum(comb(n, i) for i in range(k + 1)) / 2 ** n
-    k = 1
-    while k + 1 <= (n + 1) / 2 and 2 * cdf(k) <= 0.05:
-        k += 1
-    s = sorted(per)
-    return s[k - 1], s[n - k], 100 * (1 - 2 * cdf(k - 1))
+sys.path.insert(0, sys.argv[2])
+from paired import interval  # bench/paired.py, as bench/load.sh's verdict
 def ratio(x, y):
     per = [float(a["cpu µs/req"]) / float(b["cpu µs/req"]) for a, b in zip(by[x], by[y])]
     return med("cpu µs/req", x) / med("cpu µs/req", y), statistics.median(per), *interval(per)

@@ -574,29 +574,11 @@ summarize() {
         f(med(sc,6),"%.1f"), f(med(sc,7),"%.1f"), f(med(sc,8),"%.1f"), f(med(sc,9),"%.1f"), cpus[sc], f(med(sc,17),"%.3f"), f(med(sc,18),"%.3f") } }' "$RES" > "$SUM"
 }
 
-# postern's CPU per request over nginx's, paired by round: the rounds interleave the scenarios, so
-# a round's two runs share the VM's state of that minute (this kind of VM drifts by 20-40 % over
-# minutes; BENCHMARKS.md). Prints the median of the per-round ratios and a distribution-free
-# interval for it (order statistics of the ratios; its coverage, from the binomial distribution,
-# is printed: 75 % at 3 rounds, 94 % at 5, 96 % at 15). The target verdict needs at least 5 rounds
-# and the whole interval on one side of 1.0; an interval that contains 1.0 is reported as parity
-# within the noise.
+# postern's CPU per request over nginx-mtls's and nginx-mtls-log's, paired by round, with the
+# median's distribution-free interval and the verdict (at least 5 rounds, the whole interval on
+# one side of 1.0; otherwise parity within the noise): bench/paired.py, shared with bench/ab.sh.
 paired_ratios() {
-  awk -F'\t' -v P=postern-mtls '
-    $2 ~ /^[0-9]+$/ && $6 ~ /^[0-9.]+$/ && ($1 == P || $1 ~ /^nginx-mtls(-log)?$/) { c[$1, $2] = $6; if ($2 + 0 > R) R = $2 + 0 }
-    function cdf(n, k,   i, p, s) { p = 0.5 ^ n; s = 0; for (i = 0; i <= k; i++) { s += p; p = p * (n - i) / (i + 1) } return s }
-    function paired(b, target,   r, n, a, i, j, t, k, m, lo, hi, cov, each, verdict) {
-      n = 0; each = ""
-      for (r = 1; r <= R; r++) if (((P, r) in c) && ((b, r) in c) && c[b, r] > 0) { a[++n] = c[P, r] / c[b, r]; each = each sprintf(" %.2f", a[n]) }
-      if (n < 2) return
-      for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-      m = (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-      k = 1; while (k + 1 <= (n + 1) / 2 && 2 * cdf(n, k) <= 0.05) k++
-      lo = a[k]; hi = a[n - k + 1]; cov = 100 * (1 - 2 * cdf(n, k - 1))
-      verdict = ""
-      if (target) verdict = " -> target <= 1.0x: " (cov < 90 ? "no verdict (fewer than 5 rounds give less than a 90 % interval)" : (hi <= 1 ? "MET (the whole interval)" : (lo > 1 ? "NOT MET (the whole interval)" : "parity within the noise (the interval contains 1.0)")))
-      printf "postern / %s CPU per request, paired by round: median %.2fx, %.0f %% interval %.2f-%.2fx over %d rounds (each:%s)%s\n", b, m, cov, lo, hi, n, each, verdict }
-    END { paired("nginx-mtls", 1); paired("nginx-mtls-log", 0) }' "$1"
+  python3 "$REPO/bench/paired.py" "$1"
 }
 
 print_table() {
